@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the project's virtual environment and installs everything the
+# package, its tests and the demo need. Idempotent: a second run only checks.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${PERFORATION_VENV:-$here/.venv}"
+py="${PYTHON:-python3}"
+stamp="$venv/.perforation_d2_deps_v1"
+
+if [ ! -x "$venv/bin/python" ]; then
+  "$py" -m venv "$venv"
+fi
+pip() { "$venv/bin/python" -m pip "$@"; }
+
+if [ ! -f "$stamp" ]; then
+  pip install -q --upgrade "pip<26" wheel installer
+  # torch / torchvision first so nothing else pulls a different build.
+  pip install -q "torch==2.14.1" "torchvision==0.29.1"
+  pip install -q -r "$here/requirements.txt"
+  # Detectron2 is not on PyPI: the pure-Python 0.7.2 build is repackaged as sal-detectron2
+  # (a cp310 wheel whose compiled _C we never use). pypa/installer ignores the tag.
+  if ! "$venv/bin/python" -c "import detectron2" 2>/dev/null; then
+    tmp="$(mktemp -d)"
+    pip download -q --no-deps --only-binary=:all: --python-version 3.10 -d "$tmp" "sal-detectron2==0.7.2"
+    "$venv/bin/python" -m installer "$tmp"/sal_detectron2-0.7.2-*.whl
+    rm -rf "$tmp"
+  fi
+  pip install -q --no-deps -e "$here"
+  touch "$stamp"
+fi
+"$venv/bin/python" -c "import torch, detectron2, pydicom, pycocotools, sklearn; import perforation_d2" \
+  || { echo "setup_env: the environment in $venv is broken; delete it and run again" >&2; exit 1; }

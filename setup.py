@@ -1,0 +1,24 @@
+"""perforation_d2: spatio-temporal detection of vessel perforations in DSA series (Detectron2 project)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="perforation_d2",
+    version="0.1.0",
+    description="Detectron2 project: intracranial vessel perforation detection in DSA series",
+    packages=find_packages(include=["perforation_d2", "perforation_d2.*"]),
+    python_requires=">=3.10",
+    # torch, torchvision and detectron2 are installed by scripts/setup_env.sh (Detectron2 is not
+    # on PyPI); the rest is pinned in requirements.txt.
+    install_requires=[
+        "numpy<2",
+        "pydicom>=3.0",
+        "pycocotools",
+        "scikit-learn",
+        "scipy",
+        "matplotlib",
+        "Pillow",
+        "tqdm",
+    ],
+    entry_points={"console_scripts": ["perforation-d2=perforation_d2.cli:main"]},
+)
