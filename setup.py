@@ -19,6 +19,7 @@ setup(
         "matplotlib",
         "Pillow",
         "tqdm",
+        "opencv-python-headless<4.12",
     ],
     entry_points={"console_scripts": ["perforation-d2=perforation_d2.cli:main"]},
 )

@@ -5,7 +5,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${PERFORATION_VENV:-$here/.venv}"
 py="${PYTHON:-python3}"
-stamp="$venv/.perforation_d2_deps_v1"
+stamp="$venv/.perforation_d2_deps_v2"
 
 if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"

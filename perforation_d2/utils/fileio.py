@@ -22,6 +22,12 @@ from ..errors import DSAInputError
 PathLike = str | os.PathLike
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _check_clobber(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise DSAInputError(
@@ -45,6 +51,8 @@ def atomic_open(path: PathLike, mode: str = "wb", overwrite: bool = False) -> It
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates 0600 files; give the output the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         if not overwrite and path.exists():
             # Another writer finished first: keep its file, do not clobber it.
             raise DSAInputError(

@@ -1,0 +1,206 @@
+"""``DSAClipMapper``: a Detectron2 dataset dict (one frame) -> the clip the model reads.
+
+The clip of ``T = MODEL.TEMPORAL.NUM_FRAMES`` frames is centred on the dict's frame; indices
+outside the series repeat its first/last frame. Cost is kept near that of a single frame by
+
+* decoding each distinct frame once (edge repetition does not decode twice) and keeping decoded
+  frames in a small per-process LRU cache (consecutive frames of a series share T-1 frames);
+* composing resize and augmentation into one affine matrix per clip, applied in uint8, four
+  frames per OpenCV call (see :mod:`.clip_transforms`).
+
+Frames are read as grey: 8-bit PNGs as they are, 16-bit PNGs divided by 257 (the full 0..65535
+range onto 0..255, rounded; store windowed 8-bit frames or full-range 16-bit ones), colour PNGs
+converted to luminance. The grey frame is replicated to 3 channels as a read-only view
+(``expand``): the model's normalisation copies it anyway, and a third of the bytes travel from
+the loader's worker processes. Call ``.contiguous()`` before writing into an image in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+
+from ..errors import DSAInputError
+from .clip_transforms import ClipAffineTransform, DSAClipAugmentation
+
+__all__ = ["DSAClipMapper", "FrameCache", "clip_indices", "read_grey_frame"]
+
+logger = logging.getLogger(__name__)
+
+
+def clip_indices(frame_index: int, num_frames_in_series: int, clip_length: int) -> list[int]:
+    """Frame indices of the clip ``t-k .. t+k`` (``T = 2k+1``), clamped to the series."""
+    half = clip_length // 2
+    last = num_frames_in_series - 1
+    return [min(max(frame_index + offset, 0), last) for offset in range(-half, half + 1)]
+
+
+def read_grey_frame(path: str) -> np.ndarray:
+    """One frame as a 2-D uint8 array (see the module docstring for the bit-depth rule)."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise DSAInputError(f"{path}: cannot read the frame ({err.strerror or err}).") from None
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise DSAInputError(f"{path}: is not a readable image (a cohort frame must be a PNG file).")
+    if image.ndim == 3:
+        channels = image.shape[2]
+        if channels == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        elif channels == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+        else:
+            image = np.ascontiguousarray(image[:, :, 0])
+    if image.dtype == np.uint16:
+        image = cv2.convertScaleAbs(image, alpha=1.0 / 257.0)
+    elif image.dtype != np.uint8:
+        raise DSAInputError(
+            f"{path}: unsupported pixel type {image.dtype}; frames must be 8- or 16-bit PNG."
+        )
+    return image
+
+
+class FrameCache:
+    """Least-recently-used decoded frames, bounded in bytes (0 disables it). One per process."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self._frames: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, path: str, load: Callable[[str], np.ndarray]) -> np.ndarray:
+        frame = self._frames.get(path)
+        if frame is not None:
+            self._frames.move_to_end(path)
+            self.hits += 1
+            return frame
+        self.misses += 1
+        frame = load(path)
+        if 0 < frame.nbytes <= self.max_bytes:
+            frame.setflags(write=False)  # shared by later clips: nobody may modify it
+            self._frames[path] = frame
+            self._bytes += frame.nbytes
+            while self._bytes > self.max_bytes:
+                _, old = self._frames.popitem(last=False)
+                self._bytes -= old.nbytes
+        return frame
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+def check_clip_length(num_frames: int) -> int:
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1 or num_frames % 2 == 0:
+        raise DSAInputError(
+            f"config MODEL.TEMPORAL.NUM_FRAMES = {num_frames!r} is not a valid clip length: a clip is "
+            "centred on its frame, so use an odd number of frames (1, 3, 5, 7, 9, ...)."
+        )
+    return num_frames
+
+
+class DSAClipMapper:
+    """Map one frame's dataset dict to ``{"image": uint8 (T, 3, S, S), "instances", ...}``.
+
+    The returned dict is the input dict (without ``"annotations"``) plus ``"image"`` and the centre
+    frame's ``"instances"`` (``gt_boxes`` in the ``S x S`` frame, ``gt_classes`` 0); ``"height"`` and
+    ``"width"`` stay the original frame size. Training applies ``DSAClipAugmentation`` (one draw per
+    clip); inference only resizes.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        num_frames: int,
+        frame_size: int,
+        augmentation: DSAClipAugmentation | None = None,
+        cache_mb: float = 256.0,
+    ):
+        self.is_train = is_train
+        self.num_frames = check_clip_length(num_frames)
+        if isinstance(frame_size, bool) or not isinstance(frame_size, int) or frame_size < 1:
+            raise DSAInputError(f"config INPUT.FRAME_SIZE = {frame_size!r} must be a positive integer (pixels).")
+        self.frame_size = frame_size
+        self.augmentation = augmentation
+        self.cache = FrameCache(int(cache_mb * 2**20))
+        mode = "training" if is_train else "inference"
+        logger.info(f"[DSAClipMapper] {mode}: T={num_frames}, {frame_size}px, augmentation {augmentation}")
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True) -> dict:
+        aug_cfg = cfg.INPUT.DSA_AUG
+        if is_train and aug_cfg.ENABLED:
+            for key in ("HFLIP_PROB", "SHIFT_PROB", "SCALE_PROB", "ROTATE_PROB"):
+                if not 0.0 <= aug_cfg[key] <= 1.0:
+                    raise DSAInputError(f"config INPUT.DSA_AUG.{key} = {aug_cfg[key]!r} must be a probability in [0, 1].")
+            if not (0.0 < aug_cfg.SHIFT_LIMIT < 1.0 and 0.0 <= aug_cfg.SCALE_LIMIT < 1.0
+                    and 0.0 <= aug_cfg.ROTATE_LIMIT <= 180.0):
+                raise DSAInputError(
+                    "config INPUT.DSA_AUG limits out of range: SHIFT_LIMIT must be in (0, 1), "
+                    "SCALE_LIMIT in [0, 1), ROTATE_LIMIT in [0, 180] degrees "
+                    f"(got {aug_cfg.SHIFT_LIMIT}, {aug_cfg.SCALE_LIMIT}, {aug_cfg.ROTATE_LIMIT})."
+                )
+            augmentation = DSAClipAugmentation.from_config(cfg)
+        else:
+            augmentation = None
+        return {
+            "is_train": is_train,
+            "num_frames": cfg.MODEL.TEMPORAL.NUM_FRAMES,
+            "frame_size": cfg.INPUT.FRAME_SIZE,
+            "augmentation": augmentation,
+            "cache_mb": cfg.INPUT.DSA_FRAME_CACHE_MB,
+        }
+
+    def _read(self, path: str, dataset_dict: dict, frame_index: int) -> np.ndarray:
+        frame = self.cache.get(path, read_grey_frame)
+        expected = (dataset_dict["height"], dataset_dict["width"])
+        if frame.shape != expected:
+            raise DSAInputError(
+                f"{path}: the frame is {frame.shape[1]}x{frame.shape[0]} pixels but the cohort declares "
+                f"{expected[1]}x{expected[0]} for video {dataset_dict.get('video_id')} (frame {frame_index}); "
+                "fix the cohort JSON or re-export the frame."
+            )
+        return frame
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        out = dict(dataset_dict)
+        files = out["series_file_names"]
+        indices = clip_indices(out["frame_id"], len(files), self.num_frames)
+        distinct = sorted(set(indices))
+        frames = [self._read(files[i], out, i) for i in distinct]
+        centre = frames[distinct.index(out["frame_id"])]
+
+        if self.augmentation is not None:
+            transform = self.augmentation.get_transform(centre)
+        else:
+            transform = ClipAffineTransform.resize(*centre.shape, self.frame_size, self.frame_size)
+        warped = dict(zip(distinct, transform.apply_frames(frames)))
+
+        size = self.frame_size
+        clip = np.empty((self.num_frames, size, size), dtype=np.uint8)
+        for slot, index in enumerate(indices):
+            clip[slot] = warped[index]
+        # Grey replicated to 3 channels as a view: a third of the memory to fill and to send
+        # from the loader's worker processes (the model's normalisation makes its own copy).
+        out["image"] = torch.from_numpy(clip).unsqueeze(1).expand(-1, 3, -1, -1)
+
+        annotations = [
+            utils.transform_instance_annotations(copy.copy(ann), transform, (size, size))
+            for ann in out.pop("annotations", [])
+            if ann.get("iscrowd", 0) == 0
+        ]
+        instances = utils.annotations_to_instances(annotations, (size, size))
+        out["instances"] = utils.filter_empty_instances(instances)
+        return out

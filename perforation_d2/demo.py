@@ -1,0 +1,149 @@
+"""``python -m perforation_d2 demo``: the main job end to end on the embedded synthetic cohort.
+
+Steps, each the public command a user would run (training goes through ``train_net.py`` in a
+subprocess, exactly as documented):
+
+1. ``synth``: generate the synthetic cohort;
+2. ``validate`` and ``split``: check it and split it at patient level (stratified K-fold);
+3. ``train_net.py``: train a quick single-frame RetinaNet and a quick temporal RetinaNet
+   (temporal convolution, T=5) on the training folds, each evaluated with series optimisation
+   on the held-out patients by ``DSASeriesEvaluator`` at the end of training;
+4. ``compare``: AUC with patient-level bootstrap CIs, DeLong test, ensemble, Table-1-style table;
+5. a report folder: ``report.md`` with the table, ROC/PR plots and overlays of a few held-out series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import DSAInputError
+from .utils.fileio import atomic_write_text
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# (short name, display name, quick config relative to the repository)
+MODELS: list[tuple[str, str, str]] = [
+    ("single", "RetinaNet (single frame)", "configs/quick/retinanet.yaml"),
+    ("tconv", "RetinaNet + temporal conv (T=5)", "configs/quick/retinanet_tconv_T5.yaml"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output folder (data, models, report)")
+    parser.add_argument("--patients", type=int, default=150, help="synthetic patients (default 150)")
+    parser.add_argument("--size", type=int, default=128, help="frame size in pixels (default 128)")
+    parser.add_argument("--folds", type=int, default=3, help="patient-level folds; fold 0 is held out")
+    parser.add_argument("--iters", type=int, default=None, help="training iterations per model (default: config's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+class _Steps:
+    """Runs and times the demo's steps, echoing each command."""
+
+    def __init__(self, log_path: Path):
+        self.log_path = log_path
+        self.timings: list[tuple[str, float]] = []
+
+    def run(self, title: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        print(f"\n== {title}\n$ {' '.join(argv)}", flush=True)
+        start = time.perf_counter()
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(f"\n== {title}\n$ {' '.join(argv)}\n")
+            log.flush()
+            proc = subprocess.run(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        elapsed = time.perf_counter() - start
+        self.timings.append((title, elapsed))
+        print(f"   done in {elapsed:.0f} s", flush=True)
+        if proc.returncode != 0:
+            tail = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-25:]
+            raise DSAInputError(
+                f"{self.log_path}: step '{title}' failed with exit status {proc.returncode}; its last lines: "
+                + " | ".join(tail)
+            )
+
+
+def write_fold_cohort(cohort_json: Path, splits_json: Path, fold: int, part: str) -> Path:
+    """Write ``<cohort>_fold<k>_<part>.json`` beside ``cohort_json``: the cohort restricted to one split part."""
+    from .data.cohort import load_cohort
+
+    cohort = load_cohort(cohort_json, check_images=False)
+    splits = json.loads(splits_json.read_text(encoding="utf-8"))
+    fold_entry = next(f for f in splits["folds"] if int(f["fold"]) == fold)
+    keep = {int(v) for v in fold_entry[f"{part}_video_ids"]}
+    images = [im for im in cohort["images"] if int(im["video_id"]) in keep]
+    image_ids = {int(im["id"]) for im in images}
+    subset = dict(cohort)
+    subset["videos"] = [v for v in cohort["videos"] if int(v["id"]) in keep]
+    subset["images"] = images
+    subset["annotations"] = [a for a in cohort["annotations"] if int(a["image_id"]) in image_ids]
+    path = cohort_json.with_name(f"{cohort_json.stem}_fold{fold}_{part}.json")
+    atomic_write_text(path, json.dumps(subset), overwrite=True)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out).resolve()
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            raise DSAInputError(f"{out}: the output folder exists and is not empty; pass --overwrite to replace it.")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    steps = _Steps(out / "demo.log")
+    env = dict(os.environ)
+    # The demo's cohort is passed explicitly; don't also pick up whatever ./datasets holds.
+    env["DETECTRON2_DATASETS"] = str(out / "data")
+    started = time.perf_counter()
+
+    cohort_dir = out / "data" / "synth"
+    cohort_json = cohort_dir / "cohort.json"
+    steps.run("generate the synthetic cohort",
+              [py, "-m", "perforation_d2", "synth", "--out", str(cohort_dir), "--patients", str(args.patients),
+               "--seed", str(args.seed), "--size", str(args.size)], env)
+    steps.run("validate it", [py, "-m", "perforation_d2", "validate", str(cohort_json)], env)
+    steps.run("split it at patient level",
+              [py, "-m", "perforation_d2", "split", "--cohort", str(cohort_json), "--folds", str(args.folds),
+               "--seed", str(args.seed), "--out", str(cohort_dir)], env)
+
+    train_set, val_set = "synth_fold0_train", "synth_fold0_val"
+    predictions: dict[str, Path] = {}
+    for short, title, config in MODELS:
+        model_dir = out / "models" / short
+        opts = [
+            "DATASETS.TRAIN", f"('{train_set}',)", "DATASETS.TEST", f"('{val_set}',)",
+            "INPUT.FRAME_SIZE", str(args.size), "SEED", str(args.seed), "OUTPUT_DIR", str(model_dir),
+        ]
+        if args.iters:
+            opts += ["SOLVER.MAX_ITER", str(args.iters), "SOLVER.CHECKPOINT_PERIOD", str(args.iters)]
+        steps.run(f"train and evaluate {title}",
+                  [py, "train_net.py", "--config-file", config, *opts], env)
+        predictions[short] = model_dir / "inference" / val_set / "predictions.json"
+
+    # The held-out patients as a cohort of their own (same image root), so that `compare` scores
+    # exactly the series the models never saw.
+    val_json = write_fold_cohort(cohort_json, cohort_dir / "splits.json", fold=0, part="val")
+    compare_dir = out / "compare"
+    compare_cmd = [py, "-m", "perforation_d2", "compare", "--gt", str(val_json), "--out", str(compare_dir),
+                   "--bootstrap", str(args.bootstrap), "--seed", str(args.seed)]
+    for short, title, _config in MODELS:
+        compare_cmd += ["--pred", str(predictions[short]), "--name", title]
+    steps.run("compare the models on the held-out patients", compare_cmd, env)
+
+    from .demo_report import write_report
+
+    report = write_report(out, val_json, val_set, MODELS, predictions, compare_dir, steps.timings,
+                          time.perf_counter() - started, args)
+    print(f"\nreport: {report}")
+    summary = json.loads((compare_dir / "compare.json").read_text())
+    print(json.dumps({m["name"]: m.get("AUC") for m in summary.get("models", [])}, indent=1))
+    atomic_write_text(out / "DONE", "ok\n", overwrite=True)
+    return 0

@@ -1,0 +1,207 @@
+"""The spatio-temporal backbone: a shared per-frame FPN and one temporal module per FPN level.
+
+``TemporalBackbone`` takes clips ``(N, T, C, H, W)``, runs the spatial FPN backbone on all N*T
+frames (``forward_frames``) and fuses the T maps of every level into one map for the centre frame
+(``fuse``); see docs/ARCHITECTURE.md, "Backbone contract". With T = 1 it has no temporal module and
+its output is exactly the spatial backbone's.
+
+``MODEL.TEMPORAL.CHECKPOINT_BACKBONE`` recomputes the spatial backbone's activations in the
+backward pass (``torch.utils.checkpoint``, non-reentrant) in segments of
+``CHECKPOINT_CHUNK_FRAMES`` frames, so that only one segment's activations are alive at a time:
+a T=9 clip then trains in less memory than a T=5 clip without it. BatchNorm in train mode would
+update its running statistics twice per step (forward and recomputation); the recomputation runs
+inside a context that restores them, so they are updated exactly once. Its batch statistics are
+those of one segment, not of all N*T frames: with GroupNorm (the Base configs) checkpointing
+changes nothing numerically (on CUDA up to TF32 rounding, as segments of other sizes may get
+other convolution algorithms).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..errors import DSAInputError
+from .temporal_modules import build_temporal_module, check_temporal_config
+
+__all__ = [
+    "TEMPORAL_BACKBONE_BUILDERS",
+    "TemporalBackbone",
+    "build_temporal_backbone",
+    "build_temporal_resnet_fpn_backbone",
+    "build_temporal_retinanet_resnet_fpn_backbone",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _batchnorm_stats_preserved(module: nn.Module) -> Iterator[None]:
+    """Restore the running statistics of ``module``'s training BatchNorm layers on exit."""
+    buffers = [
+        buf
+        for layer in module.modules()
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.training
+        for buf in (layer.running_mean, layer.running_var, layer.num_batches_tracked)
+        if buf is not None
+    ]
+    saved = [buf.clone() for buf in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in zip(buffers, saved):
+                buf.copy_(value)
+
+
+class TemporalBackbone(Backbone):
+    """A spatial FPN backbone run per frame, fused over time by one module per level."""
+
+    def __init__(
+        self,
+        spatial: Backbone,
+        num_frames: int,
+        temporal_modules: dict[str, nn.Module] | None = None,
+        checkpoint_backbone: bool = False,
+        checkpoint_chunk_frames: int = 4,
+    ):
+        """
+        Args:
+            spatial: the per-frame backbone (e.g. Detectron2's FPN), shared by all frames.
+            num_frames: T, odd.
+            temporal_modules: ``{level: module}`` for every output level of ``spatial``; must be
+                None when T = 1 and given when T > 1.
+            checkpoint_backbone: recompute the spatial backbone's activations in the backward pass.
+            checkpoint_chunk_frames: frames per checkpointed segment.
+        """
+        super().__init__()
+        levels = set(spatial.output_shape())
+        if num_frames < 1 or num_frames % 2 == 0:
+            raise ValueError(f"num_frames must be odd and positive, got {num_frames}")
+        if (num_frames == 1) != (temporal_modules is None):
+            raise ValueError("temporal_modules must be None exactly when num_frames == 1")
+        if temporal_modules is not None and set(temporal_modules) != levels:
+            raise ValueError(f"temporal_modules must cover the levels {sorted(levels)}")
+        if checkpoint_chunk_frames < 1:
+            raise DSAInputError(
+                f"config: MODEL.TEMPORAL.CHECKPOINT_CHUNK_FRAMES is {checkpoint_chunk_frames}; "
+                "it must be a positive number of frames."
+            )
+        self.spatial = spatial
+        self.num_frames = num_frames
+        self.temporal = None if temporal_modules is None else nn.ModuleDict(temporal_modules)
+        self.checkpoint_backbone = checkpoint_backbone
+        self.checkpoint_chunk_frames = checkpoint_chunk_frames
+        if checkpoint_backbone and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in spatial.modules()
+        ):
+            logger.info(
+                "Checkpointing a backbone with BatchNorm: in training its batch statistics are "
+                "computed per segment of %d frames.",
+                checkpoint_chunk_frames,
+            )
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return self.spatial.output_shape()
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.spatial.size_divisibility
+
+    @property
+    def padding_constraints(self) -> dict[str, int]:
+        return self.spatial.padding_constraints
+
+    def _recompute_contexts(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        # (context of the first forward, context of the recomputation in backward)
+        return contextlib.nullcontext(), _batchnorm_stats_preserved(self.spatial)
+
+    def forward_frames(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The spatial backbone alone on independent frames: (M, C, H, W) -> {level: (M, C, h, w)}."""
+        if not (self.checkpoint_backbone and self.training and torch.is_grad_enabled()):
+            return self.spatial(frames)
+        segments = [
+            checkpoint(self.spatial, chunk, use_reentrant=False, context_fn=self._recompute_contexts)
+            for chunk in frames.split(self.checkpoint_chunk_frames)
+        ]
+        return {level: torch.cat([seg[level] for seg in segments]) for level in segments[0]}
+
+    def fuse(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The temporal modules alone: {level: (N, T, C, h, w)} -> {level: (N, C, h, w)}."""
+        if self.temporal is None:
+            return {level: x[:, 0] for level, x in features.items()}
+        return {level: self.temporal[level](x) for level, x in features.items()}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Clips (N, T, C, H, W) -> {level: (N, C, h, w)}, fused for each clip's centre frame."""
+        if x.dim() != 5:
+            raise ValueError(f"TemporalBackbone expects clips (N, T, C, H, W), got {tuple(x.shape)}")
+        n, t = x.shape[:2]
+        if t != self.num_frames:
+            raise DSAInputError(
+                f"model input: clips have {t} frames but the backbone was built for "
+                f"MODEL.TEMPORAL.NUM_FRAMES = {self.num_frames}; build the data mapper and the "
+                "model from the same config."
+            )
+        features = self.forward_frames(x.flatten(0, 1))
+        if self.temporal is None:
+            return features  # T == 1: exactly the spatial backbone
+        return self.fuse({level: f.unflatten(0, (n, t)) for level, f in features.items()})
+
+
+def _build_temporal(cfg: CfgNode, input_shape: ShapeSpec, spatial_builder: str) -> TemporalBackbone:
+    check_temporal_config(cfg)
+    if spatial_builder in TEMPORAL_BACKBONE_BUILDERS or spatial_builder not in BACKBONE_REGISTRY:
+        valid = sorted(n for n, _ in BACKBONE_REGISTRY if n not in TEMPORAL_BACKBONE_BUILDERS)
+        raise DSAInputError(
+            f"config: MODEL.TEMPORAL.SPATIAL_BACKBONE is {spatial_builder!r}, which is not a "
+            f"spatial backbone builder; valid choices are {', '.join(valid)}."
+        )
+    spatial = BACKBONE_REGISTRY.get(spatial_builder)(cfg, input_shape)
+    num_frames = cfg.MODEL.TEMPORAL.NUM_FRAMES
+    modules = None
+    if num_frames > 1:
+        modules = {
+            level: build_temporal_module(cfg, shape.channels)
+            for level, shape in spatial.output_shape().items()
+        }
+    return TemporalBackbone(
+        spatial,
+        num_frames,
+        modules,
+        checkpoint_backbone=cfg.MODEL.TEMPORAL.CHECKPOINT_BACKBONE,
+        checkpoint_chunk_frames=cfg.MODEL.TEMPORAL.CHECKPOINT_CHUNK_FRAMES,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_temporal_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> TemporalBackbone:
+    """Temporal wrapper around the builder named in ``MODEL.TEMPORAL.SPATIAL_BACKBONE``."""
+    return _build_temporal(cfg, input_shape, cfg.MODEL.TEMPORAL.SPATIAL_BACKBONE)
+
+
+@BACKBONE_REGISTRY.register()
+def build_temporal_retinanet_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> TemporalBackbone:
+    """Temporal ResNet-FPN with RetinaNet's levels P3-P7."""
+    return _build_temporal(cfg, input_shape, "build_retinanet_resnet_fpn_backbone")
+
+
+@BACKBONE_REGISTRY.register()
+def build_temporal_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> TemporalBackbone:
+    """Temporal ResNet-FPN with the R-CNN levels P2-P6."""
+    return _build_temporal(cfg, input_shape, "build_resnet_fpn_backbone")
+
+
+TEMPORAL_BACKBONE_BUILDERS = (
+    "build_temporal_backbone",
+    "build_temporal_retinanet_resnet_fpn_backbone",
+    "build_temporal_resnet_fpn_backbone",
+)

@@ -1,0 +1,264 @@
+"""Temporal fusion modules (paper section 2.3): T feature maps of a clip -> one map for its centre.
+
+Every module maps ``(N, T, C, H, W) -> (N, C, H, W)``, works for any H, W (nothing spatial is
+fixed at construction) and any odd T (the centre frame is index ``T // 2``). The temporal backbone
+builds one module per FPN level, not shared across levels, as the paper fuses each level on its
+own: the levels see structures of different sizes and their temporal statistics differ.
+
+Modules are chosen by name (``MODEL.TEMPORAL.MODULE``) from ``TEMPORAL_MODULE_REGISTRY``; a
+registered class is built as ``cls(cfg, channels)`` through Detectron2's ``@configurable``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import fvcore.nn.weight_init as weight_init
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.utils.registry import Registry
+from torch import nn
+
+from ..errors import DSAInputError
+
+__all__ = [
+    "TEMPORAL_MODULE_REGISTRY",
+    "BiConvGRU",
+    "BiConvLSTM",
+    "ConvGRUCell",
+    "ConvLSTMCell",
+    "TemporalAttention",
+    "TemporalConv",
+    "build_temporal_module",
+    "check_temporal_config",
+]
+
+TEMPORAL_MODULE_REGISTRY = Registry("TEMPORAL_MODULE")
+TEMPORAL_MODULE_REGISTRY.__doc__ = """
+Registry of temporal fusion modules: ``module(x: (N, T, C, H, W)) -> (N, C, H, W)``, the fused map
+of the clip's centre frame. Built as ``cls(cfg, channels)``.
+"""
+
+
+def _check_clip(x: torch.Tensor, num_frames: int, name: str) -> None:
+    if x.dim() != 5 or x.shape[1] != num_frames:
+        raise ValueError(f"{name} expects (N, {num_frames}, C, H, W) features, got {tuple(x.shape)}")
+
+
+@TEMPORAL_MODULE_REGISTRY.register()
+class TemporalConv(nn.Module):
+    """Temporal convolution (section 2.3.2): a ``T x 1 x 1`` kernel over the T maps of each pixel.
+
+    Not causal: it sees the frames before and after the centre, i.e. the time-intensity curve of
+    every feature point. With ``centre_init`` the kernel starts as the identity on the centre
+    frame (the model starts as its single-frame counterpart, handy with single-frame weights);
+    otherwise it starts as the mean over the frames. Both are exact, so the fused map keeps the
+    FPN's scale at the start of training.
+    """
+
+    @configurable
+    def __init__(self, *, channels: int, num_frames: int, centre_init: bool = True):
+        super().__init__()
+        self.num_frames = num_frames
+        self.conv = nn.Conv3d(channels, channels, kernel_size=(num_frames, 1, 1))
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            eye = torch.eye(channels)
+            if centre_init:
+                self.conv.weight[:, :, num_frames // 2, 0, 0] = eye
+            else:
+                self.conv.weight[:, :, :, 0, 0] = eye[:, :, None] / num_frames
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, channels: int) -> dict:
+        return {
+            "channels": channels,
+            "num_frames": cfg.MODEL.TEMPORAL.NUM_FRAMES,
+            "centre_init": cfg.MODEL.TEMPORAL.CENTRE_INIT,
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_clip(x, self.num_frames, type(self).__name__)
+        # (N, T, C, H, W) -> (N, C, T, H, W) -> (N, C, 1, H, W)
+        return self.conv(x.transpose(1, 2)).squeeze(2)
+
+
+@TEMPORAL_MODULE_REGISTRY.register()
+class TemporalAttention(nn.Module):
+    """Temporal attention (section 2.3.3): at every feature point the centre frame attends over T.
+
+    ``q = W_q x_c`` and ``k_t = W_k x_t`` (1x1 convolutions to ``ATTENTION_DIM`` channels); the
+    weights ``softmax_t(q . k_t / sqrt(D))`` are computed per feature point and average the frames'
+    own features (values = features). The result is projected by a 1x1 convolution and added to
+    the centre map, so the module refines rather than replaces the centre frame's features.
+    """
+
+    @configurable
+    def __init__(self, *, channels: int, num_frames: int, attention_dim: int = 64):
+        super().__init__()
+        self.num_frames = num_frames
+        self.query = nn.Conv2d(channels, attention_dim, kernel_size=1)
+        # No key bias: it would add the same q . b to every frame's logit, which softmax ignores.
+        self.key = nn.Conv2d(channels, attention_dim, kernel_size=1, bias=False)
+        self.out_proj = nn.Conv2d(channels, channels, kernel_size=1)
+        self.scale = 1.0 / math.sqrt(attention_dim)
+        for layer in (self.query, self.key, self.out_proj):
+            weight_init.c2_xavier_fill(layer)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, channels: int) -> dict:
+        return {
+            "channels": channels,
+            "num_frames": cfg.MODEL.TEMPORAL.NUM_FRAMES,
+            "attention_dim": cfg.MODEL.TEMPORAL.ATTENTION_DIM,
+        }
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Weights over the frames, shape (N, T, H, W), summing to 1 over T at each point."""
+        _check_clip(x, self.num_frames, type(self).__name__)
+        n, t, c, h, w = x.shape
+        query = self.query(x[:, t // 2])  # (N, D, H, W)
+        keys = self.key(x.flatten(0, 1)).unflatten(0, (n, t))  # (N, T, D, H, W)
+        logits = (keys * query.unsqueeze(1)).sum(dim=2) * self.scale
+        return logits.softmax(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.attention_weights(x)
+        attended = (weights.unsqueeze(2) * x).sum(dim=1)
+        return x[:, x.shape[1] // 2] + self.out_proj(attended)
+
+
+class ConvGRUCell(nn.Module):
+    """Convolutional GRU cell (Ballas et al. 2015): gates are convolutions over [x, h]."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        padding = kernel_size // 2
+        self.channels = channels
+        self.gates = nn.Conv2d(2 * channels, 2 * channels, kernel_size, padding=padding)
+        self.candidate = nn.Conv2d(2 * channels, channels, kernel_size, padding=padding)
+        for layer in (self.gates, self.candidate):
+            weight_init.c2_xavier_fill(layer)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        update, reset = torch.sigmoid(self.gates(torch.cat([x, h], dim=1))).chunk(2, dim=1)
+        candidate = torch.tanh(self.candidate(torch.cat([x, reset * h], dim=1)))
+        return (1 - update) * h + update * candidate
+
+    def initial_state(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+class ConvLSTMCell(nn.Module):
+    """Convolutional LSTM cell (Shi et al. 2015); the state is the pair (h, c)."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.channels = channels
+        self.gates = nn.Conv2d(2 * channels, 4 * channels, kernel_size, padding=kernel_size // 2)
+        weight_init.c2_xavier_fill(self.gates)
+        with torch.no_grad():
+            # Forget-gate bias 1: remember by default early in training (Jozefowicz et al. 2015).
+            self.gates.bias[channels : 2 * channels].fill_(1.0)
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        h, c = state
+        i, f, o, g = self.gates(torch.cat([x, h], dim=1)).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+    def initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros_like(x), torch.zeros_like(x)
+
+
+class _BidirectionalConvRNN(nn.Module):
+    """Bidirectional convolutional RNN read out at the centre frame (section 2.3.1).
+
+    The forward cell runs over t = 0 .. T-1 and the backward cell over T-1 .. 0; only their
+    states at the centre frame t = T//2 are used, so each runs just the k+1 steps that reach it
+    (later steps cannot influence those states). The two states are concatenated (2C channels)
+    and projected back to C by a 1x1 convolution.
+    """
+
+    cell_class: type[nn.Module]
+
+    @configurable
+    def __init__(self, *, channels: int, num_frames: int, kernel_size: int = 3):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise DSAInputError(
+                f"config: MODEL.TEMPORAL.RNN_KERNEL_SIZE is {kernel_size}; it must be odd so that "
+                "the recurrent gates keep the feature map's size."
+            )
+        self.num_frames = num_frames
+        self.forward_cell = self.cell_class(channels, kernel_size)
+        self.backward_cell = self.cell_class(channels, kernel_size)
+        self.proj = nn.Conv2d(2 * channels, channels, kernel_size=1)
+        weight_init.c2_xavier_fill(self.proj)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, channels: int) -> dict:
+        return {
+            "channels": channels,
+            "num_frames": cfg.MODEL.TEMPORAL.NUM_FRAMES,
+            "kernel_size": cfg.MODEL.TEMPORAL.RNN_KERNEL_SIZE,
+        }
+
+    @staticmethod
+    def _hidden(state) -> torch.Tensor:
+        return state[0] if isinstance(state, tuple) else state
+
+    def centre_states(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states (N, C, H, W) of the forward and the backward pass at the centre frame."""
+        _check_clip(x, self.num_frames, type(self).__name__)
+        centre = x.shape[1] // 2
+        state = self.forward_cell.initial_state(x[:, 0])
+        for t in range(centre + 1):
+            state = self.forward_cell(x[:, t], state)
+        forward_h = self._hidden(state)
+        state = self.backward_cell.initial_state(x[:, 0])
+        for t in range(x.shape[1] - 1, centre - 1, -1):
+            state = self.backward_cell(x[:, t], state)
+        return forward_h, self._hidden(state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.cat(self.centre_states(x), dim=1))
+
+
+@TEMPORAL_MODULE_REGISTRY.register()
+class BiConvGRU(_BidirectionalConvRNN):
+    """Bidirectional convolutional GRU, read out at the centre frame."""
+
+    cell_class = ConvGRUCell
+
+
+@TEMPORAL_MODULE_REGISTRY.register()
+class BiConvLSTM(_BidirectionalConvRNN):
+    """Bidirectional convolutional LSTM, read out at the centre frame."""
+
+    cell_class = ConvLSTMCell
+
+
+def check_temporal_config(cfg: CfgNode) -> None:
+    """Raise :class:`DSAInputError` for a clip length or temporal module the model cannot build."""
+    num_frames = cfg.MODEL.TEMPORAL.NUM_FRAMES
+    if not isinstance(num_frames, int) or num_frames < 1 or num_frames % 2 == 0:
+        raise DSAInputError(
+            f"config: MODEL.TEMPORAL.NUM_FRAMES is {num_frames!r}; it must be an odd positive "
+            "integer (T = 2k+1 frames centred on the annotated frame, e.g. 1, 3, 5 or 9)."
+        )
+    name = cfg.MODEL.TEMPORAL.MODULE
+    valid = sorted(registered for registered, _ in TEMPORAL_MODULE_REGISTRY)
+    if num_frames > 1 and name not in valid:
+        raise DSAInputError(
+            f"config: MODEL.TEMPORAL.MODULE is {name!r}, which is not a temporal module; "
+            f"valid choices are {', '.join(valid)}."
+        )
+
+
+def build_temporal_module(cfg: CfgNode, channels: int) -> nn.Module:
+    """The module named by ``MODEL.TEMPORAL.MODULE`` for one FPN level of ``channels`` channels."""
+    check_temporal_config(cfg)
+    return TEMPORAL_MODULE_REGISTRY.get(cfg.MODEL.TEMPORAL.MODULE)(cfg, channels)

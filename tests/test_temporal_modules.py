@@ -1,0 +1,144 @@
+"""Temporal fusion modules: shapes for any H, W and odd T, centre-frame semantics, registry errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+
+from perforation_d2 import add_perforation_config
+from perforation_d2.errors import DSAInputError
+from perforation_d2.modeling.temporal_modules import (
+    TEMPORAL_MODULE_REGISTRY,
+    BiConvGRU,
+    BiConvLSTM,
+    TemporalAttention,
+    TemporalConv,
+    build_temporal_module,
+    check_temporal_config,
+)
+
+MODULES = ["TemporalConv", "TemporalAttention", "BiConvGRU", "BiConvLSTM"]
+
+
+def _cfg(module: str = "TemporalConv", num_frames: int = 5, **temporal):
+    cfg = get_cfg()
+    add_perforation_config(cfg)
+    cfg.MODEL.TEMPORAL.MODULE = module
+    cfg.MODEL.TEMPORAL.NUM_FRAMES = num_frames
+    cfg.MODEL.TEMPORAL.ATTENTION_DIM = 4
+    for key, value in temporal.items():
+        cfg.MODEL.TEMPORAL[key] = value
+    return cfg
+
+
+def test_registry_holds_the_papers_modules():
+    assert sorted(name for name, _ in TEMPORAL_MODULE_REGISTRY) == sorted(MODULES)
+
+
+@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("num_frames", [3, 5])
+def test_any_spatial_size_and_gradients(module, num_frames):
+    torch.manual_seed(0)
+    fusion = build_temporal_module(_cfg(module, num_frames), channels=6)
+    for shape in [(2, num_frames, 6, 5, 7), (1, num_frames, 6, 3, 11)]:
+        out = fusion(torch.randn(shape))
+        assert out.shape == (shape[0], 6, shape[3], shape[4])
+    out.square().sum().backward()
+    for name, param in fusion.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_wrong_clip_length_is_rejected(module):
+    fusion = build_temporal_module(_cfg(module, 5), channels=4)
+    with pytest.raises(ValueError, match=r"\(N, 5, C, H, W\)"):
+        fusion(torch.randn(1, 3, 4, 5, 5))
+
+
+def test_temporal_conv_centre_init_returns_the_centre_map():
+    x = torch.randn(2, 5, 8, 6, 9)
+    conv = TemporalConv(_cfg(num_frames=5), channels=8)
+    assert conv.conv.kernel_size == (5, 1, 1)
+    torch.testing.assert_close(conv(x), x[:, 2])
+    mean_conv = TemporalConv(_cfg(num_frames=5, CENTRE_INIT=False), channels=8)
+    torch.testing.assert_close(mean_conv(x), x.mean(dim=1))
+
+
+def test_temporal_conv_mixes_only_each_pixels_own_time_curve():
+    conv = TemporalConv(_cfg(num_frames=3), channels=2)
+    torch.nn.init.normal_(conv.conv.weight)
+    x = torch.randn(1, 3, 2, 4, 4)
+    y = x.clone()
+    y[..., 0, 0] += 5.0  # change one pixel's curve in every frame
+    changed = (conv(x) - conv(y)).abs().sum(dim=1)[0] > 0
+    assert changed[0, 0] and changed.sum() == 1
+
+
+def test_temporal_attention_is_a_softmax_over_frames_queried_by_the_centre():
+    attention = TemporalAttention(_cfg("TemporalAttention", 5), channels=6)
+    x = torch.randn(2, 5, 6, 4, 3)
+    weights = attention.attention_weights(x)
+    assert weights.shape == (2, 5, 4, 3)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(2, 4, 3))
+    # With the projection set to the identity and keys blind to content, the module adds the
+    # plain mean over frames to the centre map.
+    with torch.no_grad():
+        attention.key.weight.zero_()
+        attention.out_proj.weight.copy_(torch.eye(6)[:, :, None, None])
+        attention.out_proj.bias.zero_()
+    torch.testing.assert_close(attention(x), x[:, 2] + x.mean(dim=1))
+
+
+@pytest.mark.parametrize("cls", [BiConvGRU, BiConvLSTM])
+def test_reversing_a_clip_swaps_the_directions(cls):
+    torch.manual_seed(0)
+    rnn = cls(_cfg(cls.__name__, 5), channels=4)
+    # Same weights in both directions: then the backward pass over a clip is the forward pass
+    # over the reversed clip.
+    rnn.backward_cell.load_state_dict(rnn.forward_cell.state_dict())
+    x = torch.randn(2, 5, 4, 6, 5)
+    forward_h, backward_h = rnn.centre_states(x)
+    rev_forward_h, rev_backward_h = rnn.centre_states(x.flip(1))
+    torch.testing.assert_close(rev_forward_h, backward_h)
+    torch.testing.assert_close(rev_backward_h, forward_h)
+    assert not torch.allclose(forward_h, backward_h)
+    torch.testing.assert_close(rnn(x), rnn.proj(torch.cat([forward_h, backward_h], dim=1)))
+
+
+@pytest.mark.parametrize("cls", [BiConvGRU, BiConvLSTM])
+def test_each_direction_sees_its_own_side_of_the_centre(cls):
+    torch.manual_seed(0)
+    rnn = cls(_cfg(cls.__name__, 5), channels=4)
+    x = torch.randn(1, 5, 4, 6, 6)
+    later = x.clone()
+    later[:, 4] += 1.0
+    earlier = x.clone()
+    earlier[:, 0] += 1.0
+    forward_h, backward_h = rnn.centre_states(x)
+    forward_later, backward_later = rnn.centre_states(later)
+    forward_earlier, backward_earlier = rnn.centre_states(earlier)
+    torch.testing.assert_close(forward_later, forward_h)  # the forward state ends at the centre
+    assert not torch.allclose(backward_later, backward_h)
+    torch.testing.assert_close(backward_earlier, backward_h)
+    assert not torch.allclose(forward_earlier, forward_h)
+
+
+@pytest.mark.parametrize("num_frames", [0, 2, 4, -1])
+def test_even_or_non_positive_clip_length_is_an_input_error(num_frames):
+    with pytest.raises(DSAInputError, match="MODEL.TEMPORAL.NUM_FRAMES"):
+        check_temporal_config(_cfg(num_frames=num_frames))
+
+
+def test_unknown_module_lists_the_choices():
+    with pytest.raises(DSAInputError) as err:
+        build_temporal_module(_cfg("TemporalTransformer", 5), channels=4)
+    message = str(err.value)
+    assert "MODEL.TEMPORAL.MODULE" in message and "TemporalTransformer" in message
+    assert all(name in message for name in MODULES)
+    check_temporal_config(_cfg("TemporalTransformer", 1))  # ignored for single frames
+
+
+def test_even_rnn_kernel_is_an_input_error():
+    with pytest.raises(DSAInputError, match="RNN_KERNEL_SIZE"):
+        build_temporal_module(_cfg("BiConvGRU", 3, RNN_KERNEL_SIZE=2), channels=4)
