@@ -5,7 +5,7 @@ under ``$DETECTRON2_DATASETS``, the temporal backbones, meta-architectures, box 
 evaluator), like Detectron2's own ``projects/`` packages.
 """
 
-from . import data, evaluation, modeling  # noqa: F401  (registers components)
+from . import data, evaluation, modeling
 from .config import add_perforation_config
 
 __all__ = ["add_perforation_config", "data", "evaluation", "modeling"]

@@ -103,7 +103,7 @@ def write_report(out: Path, val_json: Path, val_set: str, models: list[tuple[str
     plots = []
     keys = ["AUC", "threshold", "sensitivity", "specificity", "sens_at_95spec", "precision_iou50", "recall_iou50",
             "precision_center", "recall_center", "AUPRC_center", "AP50_coco", "AP_center_coco"]
-    for short, title, config in models:
+    for short, title, _config in models:
         eval_dir = predictions[short].parent
         metrics = json.loads((eval_dir / "metrics.json").read_text())
         cells = [f"{metrics[k]:.3f}" if isinstance(metrics.get(k), (int, float)) else "-" for k in keys]

@@ -48,7 +48,7 @@ Weights load only through :class:`~perforation_d2.engine.SafeDetectionCheckpoint
 folder inside ``DIR`` and moved into place at the end under an exclusive lock (``DIR/.predict.lock``),
 manifest last; so two runs into one ``DIR`` never mix files (without ``--overwrite`` the second one
 stops with a clear error, with it the last run's set replaces the first one's as a whole), and an
-interrupted run leaves only its staging folder, removed by the next run.
+interrupted run leaves only its staging folder, which the next completed run removes.
 """
 
 from __future__ import annotations

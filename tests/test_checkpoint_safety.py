@@ -149,5 +149,14 @@ def test_truncated_and_missing_checkpoints_are_clear_errors(tmp_path):
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(DSAInputError, match="truncated.pth: not a readable"):
         SafeDetectionCheckpointer(_model()).load(str(truncated))
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"model": _model().state_dict()}, legacy, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(legacy.read_bytes()[:200])
+    with pytest.raises(DSAInputError, match="legacy.pth: not a readable"):
+        SafeDetectionCheckpointer(_model()).load(str(legacy))
+    pkl = tmp_path / "cut.pkl"
+    pkl.write_bytes(pickle.dumps({"model": {"w": np.ones(100)}, "__author__": "x"})[:60])
+    with pytest.raises(DSAInputError, match="cut.pkl: not a readable pickle"):
+        SafeDetectionCheckpointer(_model()).load(str(pkl))
     with pytest.raises(DSAInputError, match="not found"):
         SafeDetectionCheckpointer(_model()).load(str(tmp_path / "absent.pth"))

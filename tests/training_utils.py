@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -94,7 +95,11 @@ def python() -> str:
 
 @contextlib.contextmanager
 def one_thread_and_restored_determinism() -> Iterator[None]:
-    """Run with one intra-op thread; undo the global switches that ``setup`` (``seed_all``) sets."""
+    """Run with one intra-op thread; undo the global switches that ``setup`` (``seed_all``) sets,
+    and remove the log handlers it adds (they would write to this test's captured streams and
+    files after the test)."""
+    loggers = [logging.getLogger(name) for name in ("detectron2", "fvcore")]
+    handlers = [list(logger.handlers) for logger in loggers]
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -108,6 +113,10 @@ def one_thread_and_restored_determinism() -> Iterator[None]:
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
         torch._C._set_graph_executor_optimize(graph_optimize)
+        for logger, before in zip(loggers, handlers):
+            for handler in [h for h in logger.handlers if h not in before]:
+                logger.removeHandler(handler)
+                handler.close()
 
 
 def state_dicts_equal(a: dict, b: dict) -> list[str]:

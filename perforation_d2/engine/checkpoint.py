@@ -27,6 +27,7 @@ import codecs
 import collections
 import os
 import pickle
+import struct
 import zipfile
 from typing import Any
 
@@ -66,6 +67,10 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 
+class ForbiddenGlobalError(pickle.UnpicklingError):
+    """The pickle names a global that :class:`RestrictedUnpickler` does not allow."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that resolves only the globals in ``_SAFE_GLOBALS`` and refuses all others."""
 
@@ -74,16 +79,24 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return _SAFE_GLOBALS[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed") from None
+            raise ForbiddenGlobalError(f"global '{module}.{name}' is not allowed") from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent ids are not allowed")
+        raise ForbiddenGlobalError("persistent ids are not allowed")
 
 
 def restricted_pickle_load(path: str) -> Any:
     """Unpickle ``path`` (latin-1 for Python 2 pickles) allowing only data, never code."""
     with open(path, "rb") as handle:
         return RestrictedUnpickler(handle, encoding="latin1").load()
+
+
+def _unreadable(path: str, kind: str, err: Exception) -> DSAInputError:
+    text = str(err).strip()
+    return DSAInputError(
+        f"{path}: not a readable {kind} checkpoint (truncated, corrupt or another format): "
+        f"{text.splitlines()[0] if text else type(err).__name__}."
+    )
 
 
 def _refusal(path: str, err: Exception) -> DSAInputError:
@@ -104,32 +117,33 @@ def safe_torch_load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise _refusal(path, err) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        raise DSAInputError(
-            f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or another format): "
-            f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}."
-        ) from None
+        # torch raises this both for refused globals ("Weights only load failed ... GLOBAL ...")
+        # and for malformed pickle data.
+        if "global" in str(err).lower():
+            raise _refusal(path, err) from None
+        raise _unreadable(path, "PyTorch", err) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, IndexError, KeyError, struct.error) as err:
+        # What torch's reader raises on a truncated or garbled file, by format and place of the cut.
+        raise _unreadable(path, "PyTorch", err) from None
 
 
 def safe_pickle_load(path: str) -> Any:
     """Detectron2 ``.pkl`` weights through :class:`RestrictedUnpickler`, with clear errors."""
     try:
         return restricted_pickle_load(path)
-    except pickle.UnpicklingError as err:
+    except ForbiddenGlobalError as err:
         raise _refusal(path, err) from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
-        raise DSAInputError(
-            f"{path}: not a readable pickle checkpoint (truncated, corrupt or another format): "
-            f"{err}."
-        ) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            struct.error) as err:
+        raise _unreadable(path, "pickle", err) from None
 
 
 class SafeDetectionCheckpointer(DetectionCheckpointer):
     """Detectron2's checkpointer with safe loading and atomic saving (see the module doc)."""
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        if path and "://" not in path and not os.path.isfile(path):
+        # Detectron2 allows URLs and a "?matching_heuristics=True" query after the file name.
+        if path and "://" not in path and not os.path.isfile(path.split("?")[0]):
             raise DSAInputError(f"{path}: checkpoint file not found (MODEL.WEIGHTS or --weights).")
         return super().load(path, *args, **kwargs)
 

@@ -1,12 +1,14 @@
 """Seeding and deterministic execution.
 
-With ``cfg.SEED >= 0`` :func:`seed_all` seeds Python, numpy and torch (every device) and asks
-torch for deterministic algorithms. Detectron2's data loader then derives everything else from
-those seeds: the training sampler's shuffling seed is drawn from numpy
-(``comm.shared_random_seed``) and each loader worker is re-seeded from torch's seed
-(``worker_init_reset_seed``), so the sequence of batches, the augmentations and the weight
-initialisation repeat exactly. Each DDP rank uses ``seed + rank`` (Detectron2's convention);
-DDP broadcasts rank 0's initial weights, so the ranks still start from the same model.
+With ``cfg.SEED >= 0`` (the default, -1, draws a random seed, so nothing repeats),
+:func:`seed_all` seeds Python, numpy and torch (every device) and asks torch for deterministic
+algorithms. Everything else derives from those seeds: the training sampler's shuffling seed is
+drawn from numpy (``comm.shared_random_seed``), the loader workers' seeds come from a generator
+seeded with ``SEED`` (``Trainer`` passes it to ``build_detection_train_loader``), and in the main
+process the augmentations draw from the seeded numpy RNG, so the sequence of batches, the
+augmentations and the weight initialisation repeat exactly. Each DDP rank uses ``seed + rank``
+(Detectron2's convention); DDP broadcasts rank 0's initial weights, so the ranks still start
+from the same model.
 
 On CPU this makes two runs with the same seed, the same configuration and the same number of
 threads give bit-identical losses, weights and predictions (``tests/test_determinism.py``).
@@ -59,7 +61,6 @@ def seed_all(seed: int, deterministic: bool = True) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002  (the global RNG Detectron2 and the mapper draw from)
     torch.manual_seed(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)  # for worker processes started from here
     if not deterministic:
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
