@@ -15,7 +15,7 @@ import os
 import platform
 from dataclasses import dataclass
 
-from .utils.fileio import atomic_write_text
+from .utils.fileio import atomic_write_text, check_outputs_free
 
 # section name -> "module:function"; run in this order.
 SECTIONS: dict[str, str] = {
@@ -76,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.write:
+        # Before the sections: a long run must not end in a refusal to write its table.
+        check_outputs_free([args.write], args.overwrite)
     rows: list[BenchRow] = []
     for name in args.sections:
         module_name, func_name = SECTIONS[name].split(":")

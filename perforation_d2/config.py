@@ -32,8 +32,12 @@ def add_perforation_config(cfg: CN) -> None:
     # by build_temporal_backbone; build_temporal_retinanet_resnet_fpn_backbone (P3-P7) and
     # build_temporal_resnet_fpn_backbone (P2-P6) fix their own spatial builder.
     _C.MODEL.TEMPORAL.SPATIAL_BACKBONE = "build_retinanet_resnet_fpn_backbone"
-    # TemporalConv starts as the identity on the centre frame (else as the mean over frames).
-    _C.MODEL.TEMPORAL.CENTRE_INIT = True
+    # TemporalConv starts as the identity on the centre frame (True) or as the mean over the
+    # clip (False, the default). The mean is a persistence filter from the first iteration: a
+    # perforation that stays for the whole clip keeps its full response while a one-frame
+    # look-alike is diluted. On the synthetic cohort (demo settings, 500 iterations) it gave
+    # series AUC 0.91-0.93 where the centre start gave 0.72, no better than a single frame.
+    _C.MODEL.TEMPORAL.CENTRE_INIT = False
 
     # ---- DR-IoU box regression loss (paper section 2.2) -------------------------------------
     _C.MODEL.DR_IOU = CN()

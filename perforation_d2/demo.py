@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patients", type=int, default=150, help="synthetic patients (default 150)")
     parser.add_argument("--size", type=int, default=128, help="frame size in pixels (default 128)")
     parser.add_argument("--folds", type=int, default=3, help="patient-level folds; fold 0 is held out")
-    parser.add_argument("--iters", type=int, default=None, help="training iterations per model (default: config's)")
+    parser.add_argument("--iters", type=int, default=500, help="training iterations per model (default 500)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -99,23 +99,7 @@ class _Steps:
             )
 
 
-def write_fold_cohort(cohort_json: Path, splits_json: Path, fold: int, part: str) -> Path:
-    """Write ``<cohort>_fold<k>_<part>.json`` beside ``cohort_json``: the cohort restricted to one split part."""
-    from .data.cohort import load_cohort
-
-    cohort = load_cohort(cohort_json, check_images=False)
-    splits = json.loads(splits_json.read_text(encoding="utf-8"))
-    fold_entry = next(f for f in splits["folds"] if int(f["fold"]) == fold)
-    keep = {int(v) for v in fold_entry[f"{part}_video_ids"]}
-    images = [im for im in cohort["images"] if int(im["video_id"]) in keep]
-    image_ids = {int(im["id"]) for im in images}
-    subset = dict(cohort)
-    subset["videos"] = [v for v in cohort["videos"] if int(v["id"]) in keep]
-    subset["images"] = images
-    subset["annotations"] = [a for a in cohort["annotations"] if int(a["image_id"]) in image_ids]
-    path = cohort_json.with_name(f"{cohort_json.stem}_fold{fold}_{part}.json")
-    atomic_write_text(path, json.dumps(subset), overwrite=True)
-    return path
+DEMO_MARKER = "demo.log"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,6 +107,12 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
             raise DSAInputError(f"{out}: the output folder exists and is not empty; pass --overwrite to replace it.")
+        if not (out / DEMO_MARKER).is_file():
+            # --overwrite replaces an earlier demo's folder, never an arbitrary one.
+            raise DSAInputError(
+                f"{out}: the folder is not empty and holds no earlier demo output ({DEMO_MARKER}); "
+                "refusing to replace it even with --overwrite: choose a new or empty folder."
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
@@ -160,22 +150,22 @@ def run(args: argparse.Namespace) -> int:
     thread_env = dict(env, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     steps.run_parallel(jobs, thread_env)
 
-    # The held-out patients as a cohort of their own (same image root), so that `compare` scores
-    # exactly the series the models never saw.
-    val_json = write_fold_cohort(cohort_json, cohort_dir / "splits.json", fold=0, part="val")
+    # --splits/--fold: score exactly the held-out series (the models never saw them).
+    splits_json = cohort_dir / "splits.json"
     compare_dir = out / "compare"
-    compare_cmd = [py, "-m", "perforation_d2", "compare", "--gt", str(val_json), "--out", str(compare_dir),
-                   "--bootstrap", str(args.bootstrap), "--seed", str(args.seed)]
+    compare_cmd = [py, "-m", "perforation_d2", "compare", "--gt", str(cohort_json), "--splits", str(splits_json),
+                   "--fold", "0", "--out", str(compare_dir), "--bootstrap", str(args.bootstrap), "--seed", str(args.seed)]
     for short, title, _config in MODELS:
         compare_cmd += ["--pred", str(predictions[short]), "--name", title]
     steps.run("compare the models on the held-out patients", compare_cmd, env)
 
     from .demo_report import write_report
 
-    report = write_report(out, val_json, val_set, MODELS, predictions, compare_dir, steps.timings,
+    report = write_report(out, cohort_json, splits_json, val_set, MODELS, predictions, compare_dir, steps.timings,
                           time.perf_counter() - started, args)
+    from .demo_report import temporal_verdict
+
     print(f"\nreport: {report}")
-    summary = json.loads((compare_dir / "compare.json").read_text())
-    print(json.dumps({m["name"]: m.get("AUC") for m in summary.get("models", [])}, indent=1))
+    print(temporal_verdict(json.loads((compare_dir / "compare.json").read_text())))
     atomic_write_text(out / "DONE", "ok\n", overwrite=True)
     return 0

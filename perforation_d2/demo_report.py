@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw
 
 from .benchmark import machine_description
 from .data.cohort import load_cohort, series_labels
-from .evaluation.series_optimization import Detection, optimize_series
+from .evaluation.metrics import CohortIndex, apply_series_optimization, parse_predictions, restrict_cohort
+from .evaluation.series_optimization import Detection
 from .utils.fileio import atomic_save_image, atomic_write_text
 
 GT_RGB = (40, 220, 60)
@@ -22,16 +23,16 @@ MODEL_RGB = [(255, 64, 32), (60, 140, 255), (255, 200, 0)]
 
 
 def _surviving_detections(cohort: dict, predictions: list[dict]) -> dict[int, list[Detection | None]]:
-    """Per series (frame order) the detections that survive top-1 per frame and SO."""
-    top: dict[int, Detection] = {}
-    for pred in predictions:  # first on ties, as the metrics
-        image_id = int(pred["image_id"])
-        if image_id not in top or pred["score"] > top[image_id].score:
-            top[image_id] = Detection(tuple(pred["bbox"]), float(pred["score"]))
-    frames = defaultdict(list)
-    for image in sorted(cohort["images"], key=lambda im: (im["video_id"], im["frame_id"])):
-        frames[int(image["video_id"])].append(top.get(int(image["id"])))
-    return {vid: optimize_series(dets) for vid, dets in frames.items()}
+    """Per series (frame order) the detections that survive top-1 per frame and SO, as the metrics see them."""
+    index = CohortIndex(cohort)
+    detections = apply_series_optimization(parse_predictions(predictions, index), index)
+    per_frame: list[Detection | None] = [None] * len(index.frame_image_ids)
+    for frame, box, score in zip(detections.frame.tolist(), detections.boxes.tolist(), detections.scores.tolist()):
+        per_frame[frame] = Detection(tuple(box), score)
+    return {
+        int(video_id): per_frame[index.frame_start[v]: index.frame_start[v + 1]]
+        for v, video_id in enumerate(index.video_ids)
+    }
 
 
 def _overlay(frame_path: Path, gt_boxes: list[list[float]], detections: list[Detection | None],
@@ -52,11 +53,16 @@ def _overlay(frame_path: Path, gt_boxes: list[list[float]], detections: list[Det
     return image
 
 
-def write_overlays(out: Path, cohort_json: Path, names: list[str], predictions: list[Path],
+def held_out_cohort(cohort_json: Path, splits_json: Path, fold: int = 0) -> dict:
+    """The cohort restricted to the validation series of ``fold``."""
+    splits = json.loads(splits_json.read_text(encoding="utf-8"))
+    fold_entry = next(f for f in splits["folds"] if int(f["fold"]) == fold)
+    return restrict_cohort(load_cohort(cohort_json, check_images=False), fold_entry["val_video_ids"])
+
+
+def write_overlays(out: Path, cohort: dict, image_root: Path, names: list[str], predictions: list[Path],
                    max_series: int = 4) -> list[tuple[str, str]]:
-    """Key-frame overlays of a few held-out series (positives first); returns (png, caption)."""
-    cohort = load_cohort(cohort_json, check_images=False)
-    image_root = cohort_json.parent
+    """Key-frame overlays of a few series of ``cohort`` (positives first); returns (png, caption)."""
     labels = series_labels(cohort)
     survivors = [_surviving_detections(cohort, json.loads(p.read_text())) for p in predictions]
     images_of = defaultdict(list)
@@ -84,11 +90,21 @@ def write_overlays(out: Path, cohort_json: Path, names: list[str], predictions: 
         name = f"series{vid}_frame{key}.png"
         atomic_save_image(folder / name, image, overwrite=True)
         kind = "positive" if labels[vid] else "negative"
-        rendered.append((f"overlays/{name}", f"series {vid} ({kind}), frame {key + 1} of {len(frames)}"))
+        rendered.append((f"overlays/{name}", f"series {vid} ({kind}), frame_id {key} of {len(frames)} frames"))
     return rendered
 
 
-def write_report(out: Path, val_json: Path, val_set: str, models: list[tuple[str, str, str]],
+def temporal_verdict(compare: dict) -> str:
+    """One sentence: does the temporal model (second) beat the single-frame one (first) on AUC?"""
+    single, temporal = compare["models"][0], compare["models"][1]
+    test = next(t for t in compare["delong"] if t["a"] == single["name"] and t["b"] == temporal["name"])
+    better = (temporal["AUC"] or 0.0) > (single["AUC"] or 0.0)
+    p_value = "n/a" if test["p_value"] is None else f"{test['p_value']:.3g}"
+    return (f"{temporal['name']} {'beats' if better else 'does NOT beat'} {single['name']} on series AUC: "
+            f"{temporal['AUC']:.3f} vs {single['AUC']:.3f} (DeLong p = {p_value}).")
+
+
+def write_report(out: Path, cohort_json: Path, splits_json: Path, val_set: str, models: list[tuple[str, str, str]],
                  predictions: dict[str, Path], compare_dir: Path, timings: list[tuple[str, float]],
                  total_seconds: float, args: argparse.Namespace) -> Path:
     report_dir = out / "report"
@@ -96,7 +112,7 @@ def write_report(out: Path, val_json: Path, val_set: str, models: list[tuple[str
     compare = json.loads((compare_dir / "compare.json").read_text())
     table = (compare_dir / "table.md").read_text()
     shutil.copyfile(compare_dir / "roc_overlay.png", report_dir / "roc_overlay.png")
-    preview = val_json.parent / "preview.png"
+    preview = cohort_json.parent / "preview.png"
     if preview.exists():
         shutil.copyfile(preview, report_dir / "cohort_preview.png")
     per_model_rows = []
@@ -112,9 +128,11 @@ def write_report(out: Path, val_json: Path, val_set: str, models: list[tuple[str
             if (eval_dir / plot).exists():
                 shutil.copyfile(eval_dir / plot, report_dir / f"{short}_{plot}")
                 plots.append(f"{short}_{plot}")
-    overlays = write_overlays(report_dir, val_json, [t for _, t, _ in models], [predictions[s] for s, _, _ in models])
+    overlays = write_overlays(report_dir, held_out_cohort(cohort_json, splits_json), cohort_json.parent,
+                              [t for _, t, _ in models], [predictions[s] for s, _, _ in models])
 
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    verdict = temporal_verdict(compare)
     lines = [
         "# perforation_d2 demo report",
         "",
@@ -123,6 +141,8 @@ def write_report(out: Path, val_json: Path, val_set: str, models: list[tuple[str
         f"level into {args.folds} stratified folds; models trained on folds 1..{args.folds - 1} and evaluated on "
         f"fold 0 ({compare['num_patients']} held-out patients, {compare['num_series']} series, "
         f"{compare['num_positive_series']} positive), with series-level optimisation.",
+        "",
+        f"**{verdict}**",
         "",
         "## Series-level classification and localisation (Table 1 layout)",
         "",

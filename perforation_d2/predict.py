@@ -25,7 +25,8 @@ trajectory per series. Outputs in ``DIR``:
     ``perforation`` (``"yes"`` when ``score >= threshold``), ``threshold``, ``operating_point``
     (``youden``, ``spec95`` or ``manual``), ``frame_of_max`` (0-based frame of the trajectory's
     highest raw score, None without detection), ``box`` (``[x, y, w, h]`` there), ``gif`` and
-    ``key_frame`` (paths relative to ``DIR``).
+    ``key_frame`` (paths relative to ``DIR``). Frames are always numbered by 0-based ``frame_id``,
+    as in the cohort JSON: in this file, on the key frame's caption and in the console summary.
 ``overlays/<video_id>_<name>.gif`` / ``..._key.png``
     Every frame with the surviving box and score drawn (one GIF frame per series frame), and the
     key frame (``frame_of_max``; the middle frame without detection) at full resolution.
@@ -35,8 +36,9 @@ trajectory per series. Outputs in ``DIR``:
 For a cohort JSON the video and image ids are the cohort's; for DICOM input the series are numbered
 1, 2, ... in the reader's order, frames get consecutive image ids, ``name`` is the pseudonymised
 series key and ``patient_id`` the salted patient hash (``--salt``, else ``$PERFORATION_D2_SALT``,
-else a random salt: pass one to get the same names on every run). No DICOM attribute value
-reaches any output or message.
+else the per-user salt file of :func:`perforation_d2.data.dicom_reader.resolve_salt`, the one
+``prepare-dicom`` uses, so names agree across runs and with your imports). No DICOM attribute
+value or salt reaches any output or message.
 
 The decision threshold is the operating point stored with the model, chosen on validation data
 during training: the ``"operating_point"`` entry inside the checkpoint, else ``operating_point.json``
@@ -45,7 +47,8 @@ beside the weights. ``--operating-point`` picks which one is required (default
 
 Weights load only through :class:`~perforation_d2.engine.SafeDetectionCheckpointer`
 (``weights_only``), and must match the config exactly. All outputs are written into a hidden staging
-folder inside ``DIR`` and moved into place at the end under an exclusive lock (``DIR/.predict.lock``),
+folder inside ``DIR`` and moved into place at the end under an exclusive lock (``DIR/.predict.lock``,
+removed on release),
 manifest last; so two runs into one ``DIR`` never mix files (without ``--overwrite`` the second one
 stops with a clear error, with it the last run's set replaces the first one's as a whole), and an
 interrupted run leaves only its staging folder, which the next completed run removes.
@@ -54,8 +57,6 @@ interrupted run leaves only its staging folder, which the next completed run rem
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -64,7 +65,7 @@ import re
 import secrets
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .data.register import safe_name
 from .errors import DSAInputError
-from .utils.fileio import atomic_write_json, check_outputs_free
+from .utils.fileio import atomic_write_json, check_outputs_free, exclusive_lock
 
 PREDICTIONS_FILE = "predictions.json"
 PREDICTIONS_SO_FILE = "predictions_so.json"
@@ -101,27 +103,18 @@ class SeriesSource:
 
 def _cohort_sources(json_file: Path) -> list[SeriesSource]:
     from .data.cohort import default_image_root, frames_by_video, load_cohort
-    from .data.mapper import read_grey_frame
+    from .data.register import cohort_dataset_dicts
+    from .modeling.series_inference import load_series_frames
 
     cohort = load_cohort(json_file)
-    root = default_image_root(json_file)
     frames = frames_by_video(cohort)
+    first_record = {}  # video id -> its first frame's dataset dict (it lists the series' files)
+    for record in cohort_dataset_dicts(cohort, default_image_root(json_file)):
+        first_record.setdefault(record["video_id"], record)
 
-    def loader(video: dict, images: list[dict]) -> Callable[[], tuple[np.ndarray, float | None]]:
+    def loader(video: dict) -> Callable[[], tuple[np.ndarray, float | None]]:
         def load() -> tuple[np.ndarray, float | None]:
-            stack = []
-            for image in images:
-                path = os.path.join(root, image["file_name"])
-                frame = read_grey_frame(path)
-                if frame.shape != (image["height"], image["width"]):
-                    raise DSAInputError(
-                        f"{path}: the frame is {frame.shape[1]}x{frame.shape[0]} pixels but {json_file} "
-                        f"declares {image['width']}x{image['height']} (image {image['id']})."
-                    )
-                stack.append(frame)
-            if len({f.shape for f in stack}) > 1:
-                raise DSAInputError(f"{json_file}: the frames of video {video['id']} differ in size.")
-            return np.stack(stack), video.get("frame_time_ms")
+            return load_series_frames(first_record[video["id"]]), video.get("frame_time_ms")
 
         return load
 
@@ -129,7 +122,7 @@ def _cohort_sources(json_file: Path) -> list[SeriesSource]:
         SeriesSource(
             video_id=video["id"], name=video["name"], patient_id=video["patient_id"],
             num_frames=len(frames[video["id"]]), image_ids=[image["id"] for image in frames[video["id"]]],
-            load=loader(video, frames[video["id"]]),
+            load=loader(video),
         )
         for video in cohort["videos"]
         if frames[video["id"]]
@@ -308,16 +301,6 @@ def predict_one_series(predictor, frames: np.ndarray, image_ids: Sequence[int]) 
 
 
 # ---- all-or-nothing output set ---------------------------------------------------------------
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -389,7 +372,7 @@ class StagedOutputs:
         if missing:
             raise RuntimeError(f"outputs not written: {missing}")
         hashes = {name: _sha256(self.path(name)) for name in self.names}
-        with _exclusive_lock(self.out_dir / LOCK_FILE):
+        with exclusive_lock(self.out_dir / LOCK_FILE, blocking=True):
             self._remove_stale_staging()
             if not self.overwrite:
                 existing = [str(p) for p in self.final_paths() if p.exists()]
@@ -415,12 +398,9 @@ class StagedOutputs:
             )
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:80] or "series"
-
-
 def overlay_names(source: SeriesSource) -> tuple[str, str]:
-    stem = f"{OVERLAY_DIR}/{source.video_id:04d}_{_safe_name(source.name)}"
+    # The video id prefix keeps the name unique, visible and non-empty whatever the series name.
+    stem = f"{OVERLAY_DIR}/{source.video_id:04d}_{safe_name(source.name)[:80]}"
     return f"{stem}.gif", f"{stem}_key.png"
 
 
@@ -442,7 +422,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="centre frames per temporal/head batch (memory: N + T - 1 frames of features)")
     parser.add_argument("--salt", default=None,
                         help="pseudonymisation salt for DICOM series and patient ids (default: $PERFORATION_D2_SALT, "
-                             "else random)")
+                             "else the per-user salt file $PERFORATION_D2_SALT_FILE, default "
+                             "~/.config/perforation_d2/salt)")
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                         help="config overrides, as for train_net.py")
@@ -493,7 +474,7 @@ def run(args: argparse.Namespace) -> int:
             save_series_gif(staged.path(gif_name), frames, result.boxes_xyxy, result.scores, frame_time_ms)
             key = result.frame_of_max if result.frame_of_max is not None else len(frames) // 2
             decision = "yes" if result.score >= threshold.value else "no"
-            caption = (f"frame {key + 1}/{len(frames)}  perforation: {decision} "
+            caption = (f"frame_id {key} of {len(frames)} frames  perforation: {decision} "
                        f"(score {result.score:.3f}, threshold {threshold.value:.3f})")
             save_key_frame_png(staged.path(key_name), frames[key], result.boxes_xyxy[key], result.scores[key], caption)
             raw.extend(result.raw)
@@ -510,7 +491,7 @@ def run(args: argparse.Namespace) -> int:
                 "gif": gif_name, "key_frame": key_name,
             }
             summary.append(f"{source.name}: perforation {decision} (score {result.score:.3f}"
-                           + (f", frame {result.frame_of_max})" if result.frame_of_max is not None else ")"))
+                           + (f", frame_id {result.frame_of_max})" if result.frame_of_max is not None else ")"))
             progress.update(source.num_frames)
         atomic_write_json(staged.path(PREDICTIONS_FILE), raw)
         atomic_write_json(staged.path(PREDICTIONS_SO_FILE), optimized)

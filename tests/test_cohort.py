@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -65,7 +66,6 @@ CASES = [
      ["video id 50", "no frames"]),
     ("duplicate_video_id", lambda c: c["videos"].append(dict(_video(c, 1))), ["duplicate video id 1"]),
     ("duplicate_image_id", lambda c: _set(_image(c, 9), id=8), ["duplicate image id 8"]),
-    ("label_contradicts_boxes", lambda c: _set(_video(c, 1), label=0), ["video id 1", "label 0", "5 box"]),
     ("bad_label", lambda c: _set(_video(c, 2), label=2), ["video id 2", "'label' must be 0 or 1"]),
     ("bad_category", lambda c: _set(c["annotations"][4], category_id=2), ["annotation id 5", "category_id must be 1"]),
     ("missing_section", lambda c: c.pop("images"), ["missing key 'images'"]),
@@ -147,6 +147,15 @@ def test_series_labels_use_label_then_boxes(toy_cohort):
     _video(cohort, 2)["label"] = 1  # a positive series without boxes is legal
     _video(cohort, 3)["label"] = None
     assert series_labels(cohort) == {1: 1, 2: 1, 3: 1, 4: 0}
+
+
+def test_label_0_with_boxes_is_legal_and_wins(toy_cohort, caplog):
+    """SPEC section 1: the label is `label` when present, boxes only decide without it."""
+    cohort = _rewrite(toy_cohort, lambda c: _set(_video(c, 1), label=0))
+    with caplog.at_level(logging.WARNING, logger="perforation_d2.data.cohort"):
+        assert cohort_problems(cohort, toy_cohort) == []
+    assert "video id 1 has label 0 but 5 box(es)" in caplog.text
+    assert series_labels(load_cohort(toy_cohort))[1] == 0
 
 
 def test_validate_command_exit_codes(tmp_path, capsys):

@@ -25,7 +25,9 @@ def test_two_process_cpu_ddp(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.syspath_prepend(str(REPO))
     argv = ["--num-gpus", "2", "--dist-url", "auto", "--config-file", QUICK_TEMPORAL,
-            *tiny_opts(cohort_dir, out, MAX_ITER, "MODEL.DEVICE", "cpu")]
+            # Score threshold 0: every frame keeps its top box, so the gathered predictions show
+            # which frames were evaluated.
+            *tiny_opts(cohort_dir, out, MAX_ITER, "MODEL.DEVICE", "cpu", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0")]
     assert load_train_net().cli(argv) == 0
 
     log = (out / "log.txt").read_text()
@@ -40,6 +42,11 @@ def test_two_process_cpu_ddp(tmp_path, monkeypatch):
     assert final["trainer"]["iteration"] == MAX_ITER
     # No "module." prefix: DDP's wrapper is not part of the saved weights.
     assert not any(key.startswith("module.") for key in final["model"])
-    # The final evaluation saw every series, half of the frames from each worker.
+    # The final evaluation saw every series: each worker predicts its share of the series (sharded
+    # whole), and the main one evaluates the gathered predictions, one per frame of the cohort.
     evaluation = json.loads((out / "inference" / "ddp" / "metrics.json").read_text())
     assert evaluation["num_series"] == 2
+    cohort = json.loads((cohort_dir / "cohort.json").read_text())
+    predictions = json.loads((out / "inference" / "ddp" / "predictions.json").read_text())
+    assert sorted(p["image_id"] for p in predictions) == sorted(image["id"] for image in cohort["images"])
+    assert len(cohort["images"]) == 6

@@ -41,6 +41,15 @@ needs_real_xa = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def salt_file(tmp_path_factory, monkeypatch) -> Path:
+    """Each test's own per-user salt file, outside ``tmp_path`` (never the real ~/.config)."""
+    path = tmp_path_factory.mktemp("config") / "perforation_d2" / "salt"
+    monkeypatch.setenv("PERFORATION_D2_SALT_FILE", str(path))
+    monkeypatch.delenv("PERFORATION_D2_SALT", raising=False)
+    return path
+
+
 def prepare(capsys, *args: str) -> tuple[int, str, str]:
     capsys.readouterr()
     rc = cli.main(["prepare-dicom", *map(str, args)])
@@ -310,7 +319,7 @@ def test_prepare_dicom_writes_a_valid_cohort_with_boxes(tmp_path, capsys):
     assert all(re.fullmatch(r"P-[0-9a-f]{16}", v["patient_id"]) for v in cohort["videos"])
     assert sorted((v["num_frames"], v["frame_time_ms"]) for v in cohort["videos"]) == [(3, None), (4, 100.0), (5, 50.0)]
     assert sorted(v["num_frames"] for v in cohort["videos"]) == [3, 4, 5]
-    assert sorted(os.listdir(out)) == [".salt", "cohort.json", "frames"]
+    assert sorted(os.listdir(out)) == ["cohort.json", "frames"]
     assert sorted(os.listdir(out / "frames")) == sorted(v["name"] for v in cohort["videos"])
     video_of = {v["id"]: v for v in cohort["videos"]}
     image_of = {i["id"]: i for i in cohort["images"]}
@@ -326,24 +335,26 @@ def test_prepare_dicom_writes_a_valid_cohort_with_boxes(tmp_path, capsys):
     assert "wrote 3 series (12 frames, 3 patients)" in stdout
 
 
-def test_rerun_reuses_the_stored_salt_and_overwrite_replaces(tmp_path, capsys):
+def test_rerun_reuses_the_user_salt_and_overwrite_replaces(tmp_path, capsys, salt_file):
     source = make_input(tmp_path / "in")
     out = tmp_path / "out"
-    assert prepare(capsys, "--input", source, "--out", out)[0] == 0
+    rc, _, stderr = prepare(capsys, "--input", source, "--out", out)
+    assert rc == 0 and f"created a new pseudonymisation salt in {salt_file}" in stderr
     first = load(out)
     assert {v["cohort"] for v in first["videos"]} == {"dicom"}
-    salt = (out / ".salt").read_text()
+    salt = salt_file.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}\n", salt) and salt_file.stat().st_mode & 0o777 == 0o600
     (out / "frames" / first["videos"][0]["name"] / "000.png").write_bytes(b"tampered")
     rc, _, stderr = prepare(capsys, "--input", source, "--out", out)
     assert rc == 2 and "--overwrite" in stderr and "Nothing was written" in stderr
     assert (out / "frames" / first["videos"][0]["name"] / "000.png").read_bytes() == b"tampered"
     assert prepare(capsys, "--input", source, "--out", out, "--overwrite")[0] == 0
-    assert load(out) == first and (out / ".salt").read_text() == salt
+    assert load(out) == first and salt_file.read_text() == salt  # the same pseudonyms on a rerun
     Image.open(out / "frames" / first["videos"][0]["name"] / "000.png").load()
     assert sorted(os.listdir(tmp_path)) == ["in", "out"]  # no lock file or build folder left
 
 
-def test_explicit_salt_links_patients_across_output_folders(tmp_path, capsys, monkeypatch):
+def test_explicit_salt_links_patients_across_output_folders(tmp_path, capsys, monkeypatch, salt_file):
     source = make_input(tmp_path / "in")
     assert prepare(capsys, "--input", source, "--out", tmp_path / "a", "--salt", "k1")[0] == 0
     monkeypatch.setenv("PERFORATION_D2_SALT", "k1")
@@ -352,7 +363,36 @@ def test_explicit_salt_links_patients_across_output_folders(tmp_path, capsys, mo
     a, b, c = (load(tmp_path / name) for name in "abc")
     assert [v["patient_id"] for v in a["videos"]] == [v["patient_id"] for v in b["videos"]]
     assert {v["patient_id"] for v in a["videos"]}.isdisjoint(v["patient_id"] for v in c["videos"])
-    assert not (tmp_path / "a" / ".salt").exists() and not (tmp_path / "b" / ".salt").exists()
+    assert not salt_file.exists()  # an explicit salt never creates the per-user one
+
+
+def test_the_salt_is_never_written_into_the_output(tmp_path, capsys, monkeypatch, salt_file):
+    source = make_input(tmp_path / "in")
+    rc, stdout, stderr = prepare(capsys, "--input", source, "--out", tmp_path / "a")
+    assert rc == 0
+    salt = salt_file.read_text().strip()
+    rc, stdout2, stderr2 = prepare(capsys, "--input", source, "--out", tmp_path / "b", "--salt", "k-secret-4711")
+    assert rc == 0
+    for out, secret in ((tmp_path / "a", salt), (tmp_path / "b", "k-secret-4711")):
+        files = [p for p in out.rglob("*") if p.is_file()]
+        assert files and not any(secret.encode() in p.read_bytes() for p in files), out
+        assert not any(secret in p.name for p in out.rglob("*"))
+    assert salt not in stdout + stderr and "k-secret-4711" not in stdout2 + stderr2
+    # The same user's imports into different folders link patients; another user's do not.
+    assert prepare(capsys, "--input", source, "--out", tmp_path / "c")[0] == 0
+    assert [v["patient_id"] for v in load(tmp_path / "a")["videos"]] == [v["patient_id"] for v in load(tmp_path / "c")["videos"]]
+    monkeypatch.setenv("PERFORATION_D2_SALT_FILE", str(tmp_path.parent / f"{tmp_path.name}-other-user-salt"))
+    assert prepare(capsys, "--input", source, "--out", tmp_path / "d")[0] == 0
+    assert {v["patient_id"] for v in load(tmp_path / "a")["videos"]}.isdisjoint(
+        v["patient_id"] for v in load(tmp_path / "d")["videos"])
+
+
+def test_a_salt_file_inside_the_output_folder_is_refused(tmp_path, capsys, monkeypatch):
+    source = make_input(tmp_path / "in")
+    monkeypatch.setenv("PERFORATION_D2_SALT_FILE", str(tmp_path / "out" / "salt"))
+    rc, _, stderr = prepare(capsys, "--input", source, "--out", tmp_path / "out")
+    assert rc == 2 and "lies inside the output folder" in stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_folder_with_foreign_files_is_never_replaced(tmp_path, capsys):
@@ -487,7 +527,7 @@ def test_a_second_run_while_one_holds_the_lock_fails_and_changes_nothing(tmp_pat
     out = tmp_path / "out"
     assert prepare(capsys, "--input", source, "--out", out)[0] == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    with dicom_import._exclusive_lock(out):
+    with dicom_import._output_lock(out):
         rc, _, stderr = prepare(capsys, "--input", source, "--out", out, "--overwrite")
     assert rc == 2 and "another prepare-dicom run" in stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

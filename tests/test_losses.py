@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from detectron2.layers.losses import diou_loss
@@ -89,13 +91,22 @@ def _dense_inputs():
     return anchors, Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0)), deltas, gt, fg
 
 
-def test_dense_dr_iou_matches_decoded_boxes():
-    anchors, transform, deltas, gt, fg = _dense_inputs()
+def test_dense_dr_iou_against_hand_decoded_boxes():
+    # Three 10x10 anchors at the origin, on two feature levels; weights 1 leave deltas unscaled.
+    anchors = [Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]])),
+               Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0]]))]
+    deltas = [torch.tensor([[[0.1, 0.0, 0.0, 0.0], [0.0, 0.0, math.log(2.0), 0.0]]]),
+              torch.tensor([[[0.5, 0.5, 1.0, 1.0]]])]
+    gt = [torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 3)]
+    fg = torch.tensor([[True, True, False]])  # the third anchor is background: no loss
+    transform = Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0))
     loss = dense_box_regression_loss(anchors, transform, deltas, gt, fg, "dr_iou", dr_iou_beta=0.1)
-    all_anchors = Boxes.cat(anchors).tensor
-    pred = torch.stack([transform.apply_deltas(d, all_anchors) for d in torch.cat(deltas, dim=1)])
-    expected = dr_iou_loss(pred[fg], torch.stack(gt)[fg], beta=0.1).sum()
-    torch.testing.assert_close(loss, expected)
+    # Anchor 1: dx 0.1 shifts the box by 1 px to [1, 0, 11, 10]: IoU 90/110, centres 1 px apart,
+    # enclosing box 11x10 (c^2 = 221). Anchor 2: dw log 2 doubles the width around the centre,
+    # [-5, 0, 15, 10]: IoU 100/200, same centre.
+    anchor_1 = 1 - 90 / 110 + 1 / 221 - 0.1
+    anchor_2 = 1 - 100 / 200 + 0 - 0.1
+    assert loss.item() == pytest.approx(anchor_1 + anchor_2, abs=1e-6)
 
 
 @pytest.mark.parametrize("loss_type", ["smooth_l1", "giou", "diou", "ciou"])

@@ -119,6 +119,19 @@ def test_cohorts_under_detectron2_datasets(tmp_path, monkeypatch, caplog):
     assert register_cohorts_under(tmp_path / "absent") == []
 
 
+def test_import_time_registration_skips_only_the_frame_file_check(tmp_path):
+    """``import perforation_d2`` registers with check_images=False: no stat per frame, JSON still checked."""
+    root = tmp_path / "datasets"
+    missing_frame, broken_json = unique("nofile"), unique("badjson")
+    json_file = make_toy_cohort(root / missing_frame, num_patients=2)
+    (root / missing_frame / "frames" / "v1" / "000.png").unlink()
+    make_toy_cohort(root / broken_json, num_patients=2).write_text('{"videos": []}')
+    with pytest.raises(DSAInputError, match="missing image file"):
+        register_dsa_cohort(unique("explicit"), json_file)  # explicit registration: full check
+    assert register_cohorts_under(root, check_images=False) == [missing_frame]
+    assert len(DatasetCatalog.get(missing_frame)) == 10
+
+
 def test_train_loader_round_trip(tmp_path):
     json_file = make_toy_cohort(tmp_path / "c", num_patients=4, frames=[3, 4, 1, 5])
     name = unique("loader")

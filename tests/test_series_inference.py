@@ -124,6 +124,32 @@ def test_rgb_series_equals_grey_series():
     assert_same_detections(predictor(rgb), predictor(frames))
 
 
+def _tf32() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def _set_tf32(matmul: bool, cudnn: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def test_both_paths_run_with_tf32_off_and_restore_it():
+    """On GPU, TF32 would make the two paths differ by more than 1e-4; both switch it off."""
+    before = _tf32()
+    model = random_model("retinanet.yaml")
+    seen = []
+    hook = model.head.register_forward_pre_hook(lambda *_: seen.append(_tf32()))
+    try:
+        _set_tf32(True, True)
+        SeriesPredictor(model, FRAME_SIZE)(random_frames(2))
+        naive_predict_series(model, random_frames(2), FRAME_SIZE)
+        after = _tf32()
+    finally:
+        hook.remove()
+        _set_tf32(*before)
+    assert len(seen) >= 2 and set(seen) == {(False, False)}
+    assert after == (True, True)
+
+
 @pytest.mark.parametrize(("batch", "bound"), [(1, 5), (3, 7)])
 def test_feature_window_is_bounded(batch, bound):
     model = random_model("retinanet_tconv_T5.yaml")

@@ -58,7 +58,7 @@ def test_wrong_clip_length_is_rejected(module):
 
 def test_temporal_conv_centre_init_returns_the_centre_map():
     x = torch.randn(2, 5, 8, 6, 9)
-    conv = TemporalConv(_cfg(num_frames=5), channels=8)
+    conv = TemporalConv(_cfg(num_frames=5, CENTRE_INIT=True), channels=8)
     assert conv.conv.kernel_size == (5, 1, 1)
     torch.testing.assert_close(conv(x), x[:, 2])
     mean_conv = TemporalConv(_cfg(num_frames=5, CENTRE_INIT=False), channels=8)

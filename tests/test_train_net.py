@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 
 import pytest
 import torch
 from conftest import make_toy_cohort
+from detectron2.config import get_cfg
+from detectron2.evaluation.testing import flatten_results_dict
 from training_utils import (
     QUICK_TEMPORAL,
     load_train_net,
@@ -16,7 +19,9 @@ from training_utils import (
     train_args,
 )
 
+from perforation_d2.config import add_perforation_config
 from perforation_d2.engine import OperatingPoint
+from perforation_d2.engine.trainer import best_metric_key
 from perforation_d2.errors import DSAInputError
 
 MAX_ITER = 4
@@ -124,16 +129,32 @@ def test_operating_points_youden_and_spec95():
     assert not youden.update({"threshold": None}, "val", 10)
     assert youden.update({"threshold": 0.4, "sensitivity": 0.75, "specificity": 1.0}, "val", 10)
     assert youden.state == {"method": "youden", "threshold": 0.4, "sensitivity": 0.75, "specificity": 1.0,
-                            "dataset": "val", "iterations_trained": 10}
+                            "series_optimization": True, "dataset": "val", "iterations_trained": 10}
 
     # 20 negatives (one scoring 0.9, the rest 0.1 .. 0.29) and 4 positives (0.95, 0.8, 0.5, 0.05).
     labels = {v: 0 for v in range(20)} | {20: 1, 21: 1, 22: 1, 23: 1}
     scores = {str(v): 0.1 + 0.01 * v for v in range(19)} | {"19": 0.9, "20": 0.95, "21": 0.8, "22": 0.5, "23": 0.05}
-    spec95 = OperatingPoint("spec95")
+    spec95 = OperatingPoint("spec95", series_optimization=False)
     assert spec95.update({}, "val", 10, labels, scores)
     # FPR <= 0.05 allows one false positive (0.9): the highest sensitivity is then 3/4, at 0.5.
     assert spec95.state["threshold"] == 0.5
     assert spec95.state["sensitivity"] == 0.75 and spec95.state["specificity"] == 0.95
+    assert spec95.state["series_optimization"] is False
+    # No positive series scores above every negative one: no threshold with FPR <= 0.05 beats 0.
+    assert not OperatingPoint("spec95").update({}, "val", 10, {1: 0, 2: 1}, {"1": 0.9, "2": 0.1})
     assert not OperatingPoint("spec95").update({}, "val", 10, {1: 1, 2: 1}, {"1": 0.3, "2": 0.4})
     with pytest.raises(DSAInputError, match="youden, spec95"):
         OperatingPoint("f1")
+
+
+def test_best_checkpointer_watches_the_first_test_set():
+    cfg = get_cfg()
+    add_perforation_config(cfg)
+    cfg.TEST.DSA.BEST_METRIC = "AUC"
+    cfg.DATASETS.TEST = ("val",)
+    assert best_metric_key(cfg) == "dsa/AUC"
+    # Several test sets: EvalHook stores the flattened "<dataset>/dsa/<metric>".
+    cfg.DATASETS.TEST = ("val", "other")
+    assert best_metric_key(cfg) == "val/dsa/AUC"
+    results = OrderedDict(val={"dsa": {"AUC": 0.7}}, other={"dsa": {"AUC": 0.9}})
+    assert flatten_results_dict(results)[best_metric_key(cfg)] == 0.7

@@ -1,7 +1,8 @@
 """The DSA cohort data layer: loading, validation, registration, clips and splits.
 
 Importing this package registers the cohorts found under ``$DETECTRON2_DATASETS`` (default
-``./datasets``, layout ``<name>/cohort.json``), like Detectron2's builtin datasets. The command
+``./datasets``, layout ``<name>/cohort.json``), like Detectron2's builtin datasets, validating
+their JSON but not stat-ing every frame file, so that the import stays cheap. The command
 modules (``synth``, ``prepare-dicom``, ``validate``, ``split``) are imported only when they run.
 """
 
@@ -30,4 +31,4 @@ __all__ = [
     "series_labels",
 ]
 
-register_cohorts_under()
+register_cohorts_under(check_images=False)

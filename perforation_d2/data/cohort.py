@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import math
 import os
 from collections import defaultdict
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DSAInputError, format_problems
+
+logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
@@ -316,7 +319,8 @@ def cohort_problems(
 
     for vid, video in videos.items():
         if vid in complete_videos and video.get("label") == 0 and boxes_of.get(vid):
-            problems.append(f"video id {vid}: label 0 contradicts its {boxes_of[vid]} box(es)")
+            # Legal (SPEC section 1: the label wins); worth a note since it is usually a slip.
+            logger.warning(f"{json_file}: video id {vid} has label 0 but {boxes_of[vid]} box(es); it counts as negative")
     return problems + missing_files
 
 

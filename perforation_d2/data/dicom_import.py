@@ -11,14 +11,16 @@ pseudonyms) and writes the cohort of SPEC section 1::
 
     DIR/cohort.json                      one video per series, frame files relative to DIR
     DIR/frames/<video name>/000.png ...  8-bit grey PNG, one per frame, in series order
-    DIR/.salt                            the random salt, only when none was given
 
 A video's ``name`` is its pseudonymised series key and its ``patient_id`` the salted hash of the
 PatientID (``P-`` + 16 hex digits). No name, birth date, ID, UID, accession number, institution,
 date or other header value appears in any output, in file names, or in messages (which name only
-the file paths you gave). The salt is ``--salt``, else ``$PERFORATION_D2_SALT``, else the one
-stored in ``DIR/.salt`` by an earlier run, else a new random one stored there. Reuse the same
-salt (and keep it secret) to link a patient's series across imports into different folders.
+the file paths you gave). The salt is ``--salt``, else ``$PERFORATION_D2_SALT``, else your
+per-user salt file (``$PERFORATION_D2_SALT_FILE``, default ``~/.config/perforation_d2/salt``,
+created once with a random salt, mode 0600), so reruns give the same pseudonyms and a patient's
+series link across your imports into different folders. The salt is never written into ``DIR``
+(anyone given the folder could otherwise recompute the pseudonyms of guessed PatientIDs), and a
+salt file inside ``DIR`` is refused. Keep it secret; share it only to link imports across users.
 
 Boxes file (``--boxes``): a JSON object mapping a key to a list of boxes::
 
@@ -48,8 +50,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
-import fcntl
 import io
 import json
 import math
@@ -58,7 +58,6 @@ import re
 import secrets
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,20 +65,21 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DSAInputError, format_problems
-from ..utils.fileio import atomic_write_json, atomic_write_text
+from ..utils.fileio import atomic_write_json, exclusive_lock
 from .dicom_reader import (
     DEFAULT_MAX_DECODED_BYTES,
     SALT_ENV,
+    SALT_FILE_ENV,
     DicomScan,
     SeriesPlan,
     resolve_salt,
     scan_dicom_input,
+    user_salt_file,
 )
 
 COHORT_FILE = "cohort.json"
 FRAMES_DIR = "frames"
-SALT_FILE = ".salt"
-_OUTPUT_ENTRIES = {COHORT_FILE, FRAMES_DIR, SALT_FILE}
+_OUTPUT_ENTRIES = {COHORT_FILE, FRAMES_DIR}
 _UID_KEY = re.compile(r"\d+(\.\d+)+")
 _BOX_KEYS = {"frame", "bbox", "instance_id"}
 
@@ -89,7 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (cohort.json + frames/)")
     parser.add_argument("--boxes", help="JSON boxes file keyed by input file path or SeriesInstanceUID")
     parser.add_argument(
-        "--salt", help=f"secret for the pseudonyms (default ${SALT_ENV}, else DIR/.salt, else a new random one)"
+        "--salt",
+        help=f"secret for the pseudonyms (default ${SALT_ENV}, else the per-user salt file ${SALT_FILE_ENV}, "
+        "default ~/.config/perforation_d2/salt, created once)",
     )
     parser.add_argument("--cohort-name", default="dicom", help="the videos' 'cohort' value (default: dicom)")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous prepare-dicom output in DIR")
@@ -102,19 +104,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
-        scan, counts, new_salt = _prepare(args, Path(args.input), out)
+        scan, counts = _prepare(args, Path(args.input), out)
     except DSAInputError as err:
         raise DSAInputError(f"{err} Nothing was written to {out}.") from None
     series, frames, patients = counts
     print(
         f"prepare-dicom: wrote {series} series ({frames} frames, {patients} patients) to {out / COHORT_FILE}"
         + (f"; skipped {len(scan.skipped)} file(s)" if scan.skipped else "")
-        + (f"; a new random salt is stored in {out / SALT_FILE}: reuse it to link patients" if new_salt else "")
     )
     return 0
 
 
-def _prepare(args: argparse.Namespace, input_path: Path, out: Path) -> tuple[DicomScan, tuple[int, int, int], bool]:
+def _prepare(args: argparse.Namespace, input_path: Path, out: Path) -> tuple[DicomScan, tuple[int, int, int]]:
     if not input_path.exists():
         raise DSAInputError(f"{input_path}: no such file or folder (give a DICOM file or a folder of them).")
     if not args.cohort_name.strip():
@@ -123,21 +124,27 @@ def _prepare(args: argparse.Namespace, input_path: Path, out: Path) -> tuple[Dic
         raise DSAInputError(f"--max-decoded-mib must be positive, got {args.max_decoded_mib}.")
     _check_out_dir(out, args.overwrite)
     boxes = _read_boxes(Path(args.boxes)) if args.boxes else None
-    explicit_salt = resolve_salt(args.salt) if (args.salt is not None or SALT_ENV in os.environ) else None
+    if args.salt is None and SALT_ENV not in os.environ:
+        salt_file = user_salt_file().resolve()
+        if salt_file == out.resolve() or out.resolve() in salt_file.parents:
+            raise DSAInputError(
+                f"{salt_file}: the pseudonymisation salt file lies inside the output folder {out}; keep it "
+                f"elsewhere (${SALT_FILE_ENV}), or anyone given the folder could undo the pseudonyms."
+            )
+    salt = resolve_salt(args.salt)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DSAInputError(f"{out.parent}: cannot create the output's parent folder ({err.strerror}).") from None
-    with _exclusive_lock(out):
+    with _output_lock(out):
         _check_out_dir(out, args.overwrite)
         _remove_leftovers(out)
-        salt, store_salt, new_salt = _choose_salt(out, explicit_salt)
         scan = scan_dicom_input(input_path, salt, int(args.max_decoded_mib * 2**20))
         for reason in scan.skipped:
             print(reason, file=sys.stderr)
         annotations = _match_boxes(Path(args.boxes), boxes, scan) if boxes is not None else {}
-        counts = _build_and_publish(scan, annotations, out, args.cohort_name, salt if store_salt else None)
-    return scan, counts, new_salt
+        counts = _build_and_publish(scan, annotations, out, args.cohort_name)
+    return scan, counts
 
 
 # ---- output folder, lock, atomic publication ---------------------------------------------------
@@ -158,40 +165,14 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         raise DSAInputError(f"{out}: already holds a cohort; pass --overwrite to replace it.")
 
 
-@contextlib.contextmanager
-def _exclusive_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``.<DIR>.lock`` beside ``out`` (not inside: ``out`` is replaced
-    by a rename). A second run fails at once instead of waiting behind a long import. The lock file
-    is removed on release; the inode check makes that safe against a run that opened it just before."""
-    lock_path = out.parent / f".{out.name}.lock"
-    while True:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as err:
-            raise DSAInputError(f"{lock_path}: cannot create the lock file ({err.strerror}).") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise DSAInputError(
-                    f"{out}: another prepare-dicom run is writing this output folder right now; wait for it "
-                    "to finish, then run again."
-                ) from None
-            raise
-        try:
-            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # the holder before us removed the file: lock the new one instead
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock_path)
-        os.close(fd)
+def _output_lock(out: Path) -> contextlib.AbstractContextManager[None]:
+    """The exclusive lock ``.<DIR>.lock`` beside ``out`` (not inside: ``out`` is replaced by a
+    rename). Non-blocking: a second run fails at once instead of waiting behind a long import."""
+    return exclusive_lock(
+        out.parent / f".{out.name}.lock", blocking=False,
+        busy_message=f"{out}: another prepare-dicom run is writing this output folder right now; wait for it "
+        "to finish, then run again.",
+    )
 
 
 def _remove_leftovers(out: Path) -> None:
@@ -202,28 +183,13 @@ def _remove_leftovers(out: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _choose_salt(out: Path, explicit_salt: str | None) -> tuple[str, bool, bool]:
-    """(salt, whether to store it in DIR/.salt, whether it is new)."""
-    if explicit_salt is not None:
-        return explicit_salt, False, False
-    stored = out / SALT_FILE
-    if stored.is_file():
-        salt = stored.read_text(encoding="utf-8").strip()
-        if salt:
-            return salt, True, False
-    return secrets.token_hex(16), True, True
-
-
 def _build_and_publish(
-    scan: DicomScan, annotations: dict[str, list[dict]], out: Path, cohort_name: str, salt_to_store: str | None
+    scan: DicomScan, annotations: dict[str, list[dict]], out: Path, cohort_name: str
 ) -> tuple[int, int, int]:
     building = out.parent / f".{out.name}.building-{secrets.token_hex(4)}"
     building.mkdir()
     try:
         cohort = _write_frames_and_cohort(scan, annotations, building, cohort_name)
-        if salt_to_store is not None:
-            atomic_write_text(building / SALT_FILE, salt_to_store + "\n")
-            os.chmod(building / SALT_FILE, 0o600)
         atomic_write_json(building / COHORT_FILE, cohort)
         _fsync_dir(building)
         if out.exists():

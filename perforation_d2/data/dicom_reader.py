@@ -61,7 +61,9 @@ Pseudonymisation and privacy
 ``series_key`` is ``"S-"`` + the same HMAC of the SOPInstanceUID of a multi-frame file or the
 SeriesInstanceUID of a single-frame series. The same salt gives the same identifiers, so the salt
 must be reused to link a patient's series across imports, and kept secret: with it, a known
-PatientID can be recognised. No other header value leaves this module (beyond pixels, image size
+PatientID can be recognised. The salt is the one given, else ``$PERFORATION_D2_SALT``, else the
+per-user salt file (``$PERFORATION_D2_SALT_FILE``, default ``~/.config/perforation_d2/salt``,
+created once with 32 random bytes, mode 0600); it is never written into any output. No other header value leaves this module (beyond pixels, image size
 and frame time): error and skip messages name the file path the user gave and describe the
 problem without attribute values (a Modality or SOP class is named only when it is a standard
 term), and pydicom's own warnings and log records, which may quote attribute values, are
@@ -79,6 +81,8 @@ import mmap
 import os
 import re
 import secrets
+import sys
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -101,6 +105,8 @@ from pydicom.uid import UID, UID_dictionary
 from ..errors import DSAInputError
 
 SALT_ENV = "PERFORATION_D2_SALT"
+SALT_FILE_ENV = "PERFORATION_D2_SALT_FILE"
+DEFAULT_SALT_FILE = "~/.config/perforation_d2/salt"
 DEFAULT_MAX_DECODED_BYTES = 2 * 1024**3
 PERCENTILE_WINDOW = (0.5, 99.5)
 _FLOAT_SAMPLE = 4_000_000
@@ -147,15 +153,65 @@ def _digest(salt: str, text: str) -> str:
     return hmac.new(salt.encode("utf-8"), text.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
 
-def resolve_salt(salt: str | None) -> str:
-    """``salt`` when given, else ``$PERFORATION_D2_SALT``, else a new random salt.
+def user_salt_file() -> Path:
+    """The per-user salt file: ``$PERFORATION_D2_SALT_FILE``, else ``~/.config/perforation_d2/salt``."""
+    return Path(os.path.expanduser(os.environ.get(SALT_FILE_ENV) or DEFAULT_SALT_FILE))
 
-    A random salt makes identifiers consistent only within one call: pass the same salt to link a
-    patient's series across imports.
+
+def _create_user_salt(path: Path) -> None:
+    """Write 32 random bytes (hex) to ``path``, mode 0600, without ever clobbering an existing file.
+
+    The salt is written to a private temporary file and hard-linked into place: a concurrent
+    first run either wins the link or finds the complete file of the other run, never a half one.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return
+    finally:
+        os.unlink(tmp)
+    print(
+        f"perforation_d2: created a new pseudonymisation salt in {path}; keep it secret and outside any "
+        "folder you share (it links a patient's series across your imports).",
+        file=sys.stderr,
+    )
+
+
+def _user_salt() -> str:
+    path = user_salt_file()
+    try:
+        if not path.exists():
+            _create_user_salt(path)
+        salt = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or type(err).__name__
+        raise DSAInputError(
+            f"{path}: cannot read or create the pseudonymisation salt file ({reason}); give --salt, "
+            f"${SALT_ENV}, or a writable ${SALT_FILE_ENV}."
+        ) from None
+    if not salt:
+        raise DSAInputError(f"{path}: the pseudonymisation salt file is empty; delete it or write a secret into it.")
+    return salt
+
+
+def resolve_salt(salt: str | None) -> str:
+    """``salt`` when given, else ``$PERFORATION_D2_SALT``, else the per-user salt file.
+
+    The salt file (:func:`user_salt_file`) is created once with a random salt, so that pseudonyms
+    stay the same on every run and link a patient's series across one user's imports. It lives
+    outside every output folder: a salt stored beside the pseudonyms would let anyone given the
+    folder recompute them from guessed PatientIDs.
     """
     salt = salt if salt is not None else os.environ.get(SALT_ENV)
     if salt is None:
-        return secrets.token_hex(16)
+        return _user_salt()
     if not salt.strip():
         raise DSAInputError(f"the pseudonymisation salt (--salt or ${SALT_ENV}) is empty; give a non-empty secret.")
     return salt
@@ -872,8 +928,8 @@ def read_dicom_series(
     """Every XA/XRF series at ``path`` (a file, or a folder searched recursively), decoded to 8 bit.
 
     See the module docstring for grouping, the pixel pipeline, frame times and pseudonyms.
-    ``salt`` defaults to ``$PERFORATION_D2_SALT``, else a random one (pseudonyms then only agree
-    within this call). Files left out are listed in each series' ``skipped``.
+    ``salt`` defaults to ``$PERFORATION_D2_SALT``, else the per-user salt file (see
+    :func:`resolve_salt`). Files left out are listed in each series' ``skipped``.
     """
     scan = scan_dicom_input(path, salt, max_decoded_bytes)
     return list(scan.iter_series())

@@ -6,7 +6,8 @@ there with every problem listed, not in the middle of training.
 
 Cohorts laid out as ``$DETECTRON2_DATASETS/<name>/cohort.json`` (frames relative to
 ``<name>/``, optionally ``<name>/splits.json`` from the ``split`` command) are registered when
-``perforation_d2`` is imported, under ``<name>``, ``<name>_fold{k}_train`` / ``_val`` and
+``perforation_d2`` is imported (without the frame-file existence check, see
+:func:`register_cohorts_under`), under ``<name>``, ``<name>_fold{k}_train`` / ``_val`` and
 ``<name>_loco_<heldout>_train`` / ``_val``. See ``datasets/README.md``.
 """
 
@@ -114,7 +115,9 @@ def register_dsa_cohort(name: str, json_file: PathLike, image_root: PathLike | N
     _register(name, cohort, json_path, root, None)
 
 
-def _safe_name(text: str) -> str:
+def safe_name(text: str) -> str:
+    """``text`` with every run of characters other than ``[0-9A-Za-z_.-]`` replaced by ``_``: safe in
+    a dataset or file name."""
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", text)
 
 
@@ -157,7 +160,7 @@ def _register_splits(splits_json: Path, cohort_name: str, cohort: dict, json_pat
         raise DSAInputError(format_problems(str(splits_json), problems))
     names = []
     parts = [(f"fold{fold['fold']}", fold) for fold in splits["folds"]]
-    parts += [(f"loco_{_safe_name(str(entry['heldout']))}", entry) for entry in splits.get("loco") or []]
+    parts += [(f"loco_{safe_name(str(entry['heldout']))}", entry) for entry in splits.get("loco") or []]
     for suffix, entry in parts:
         for side in ("train", "val"):
             name = f"{cohort_name}_{suffix}_{side}"
@@ -179,15 +182,16 @@ def register_dsa_splits(
     return _register_splits(Path(splits_json), cohort_name, cohort, json_path, root)
 
 
-def register_cohort_dir(folder: PathLike, name: str | None = None) -> list[str]:
+def register_cohort_dir(folder: PathLike, name: str | None = None, check_images: bool = True) -> list[str]:
     """Register ``folder/cohort.json`` as ``name`` (default: the folder's name) and its ``splits.json``.
 
-    The cohort is validated once for all the names. Returns the registered names.
+    The cohort is validated once for all the names (``check_images=False`` skips the existence
+    check of every frame file, the slow part on a large cohort). Returns the registered names.
     """
     folder = Path(folder).resolve()
     name = name or folder.name
     json_path = folder / COHORT_FILE
-    cohort = load_cohort(json_path, folder)
+    cohort = load_cohort(json_path, folder, check_images)
     _register(name, cohort, json_path, folder, None)
     names = [name]
     if (folder / SPLITS_FILE).exists():
@@ -195,12 +199,15 @@ def register_cohort_dir(folder: PathLike, name: str | None = None) -> list[str]:
     return names
 
 
-def register_cohorts_under(root: PathLike | None = None) -> list[str]:
+def register_cohorts_under(root: PathLike | None = None, check_images: bool = True) -> list[str]:
     """Register every ``<root>/<name>/cohort.json`` not registered yet; returns the new names.
 
     ``root`` defaults to ``$DETECTRON2_DATASETS`` (else ``./datasets``), as Detectron2's builtin
-    datasets. Called on ``import perforation_d2``, so a broken cohort only logs a warning naming
-    the file (register it explicitly to get the error).
+    datasets. Called on ``import perforation_d2`` (in every command and DDP worker) with
+    ``check_images=False``, so that importing stays cheap: the JSON is fully validated but frame
+    files are not stat-ed (a missing frame fails when it is read, naming the file; the
+    ``validate`` command or an explicit ``register_*`` call checks them all up front). A broken
+    cohort only logs a warning naming the file (register it explicitly to get the error).
     """
     root = Path(os.path.expanduser(root if root is not None else os.getenv("DETECTRON2_DATASETS", "datasets")))
     if not root.is_dir():
@@ -211,7 +218,7 @@ def register_cohorts_under(root: PathLike | None = None) -> list[str]:
         if folder.name in registered:
             continue
         try:
-            names += register_cohort_dir(folder)
+            names += register_cohort_dir(folder, check_images=check_images)
         except DSAInputError as err:
             logger.warning(f"perforation_d2: datasets of {folder} not registered: {err}")
     return names

@@ -5,8 +5,9 @@ The operating point is the series-score threshold above which a series is called
 ``"spec95"`` takes the highest sensitivity at a false-positive rate <= 5%). It is chosen on the
 validation data (``DATASETS.TEST[0]``) at each evaluation, written to
 ``OUTPUT_DIR/operating_point.json`` and saved inside every later checkpoint under the key
-``"operating_point"`` (plain numbers and strings, so it loads with ``weights_only=True``):
-``torch.load(path, weights_only=True)["operating_point"]["threshold"]``.
+``"operating_point"`` (plain numbers, strings and booleans, so it loads with ``weights_only=True``):
+``torch.load(path, weights_only=True)["operating_point"]["threshold"]``. Its
+``"series_optimization"`` says whether the threshold applies to scores after series optimisation.
 """
 
 from __future__ import annotations
@@ -18,40 +19,30 @@ from typing import Any
 
 import numpy as np
 from detectron2.engine import hooks
-from sklearn.metrics import roc_curve
 
 from ..errors import DSAInputError
+from ..evaluation.metrics import roc_statistics
 from ..utils.fileio import atomic_write_json
 
 OPERATING_POINTS = ("youden", "spec95")
 OPERATING_POINT_FILE = "operating_point.json"
 
 
-def spec95_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float, float] | None:
-    """(threshold, sensitivity, specificity) of the highest sensitivity with FPR <= 0.05.
-
-    Among ties the highest threshold wins (the first in scikit-learn's ROC order). None when only
-    one class is present or when no finite threshold keeps FPR <= 0.05.
-    """
-    if len(np.unique(labels)) < 2:
-        return None
-    fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
-    allowed = np.flatnonzero((fpr <= 0.05) & np.isfinite(thresholds))
-    if allowed.size == 0:
-        return None
-    best = allowed[int(np.argmax(tpr[allowed]))]
-    return float(thresholds[best]), float(tpr[best]), float(1.0 - fpr[best])
-
-
 class OperatingPoint:
-    """The threshold chosen at the last evaluation; a checkpointable (``state_dict``) of plain values."""
+    """The threshold chosen at the last evaluation; a checkpointable (``state_dict``) of plain values.
 
-    def __init__(self, method: str):
+    ``series_optimization`` (``TEST.DSA.SERIES_OPTIMIZATION``) says whether the series scores the
+    threshold was chosen on had series optimisation applied; it is stored with the threshold, as
+    the threshold only means something on scores computed the same way.
+    """
+
+    def __init__(self, method: str, series_optimization: bool = True):
         if method not in OPERATING_POINTS:
             raise DSAInputError(
                 f"config: unknown TEST.DSA.OPERATING_POINT {method!r}; valid choices: {', '.join(OPERATING_POINTS)}."
             )
         self.method = method
+        self.series_optimization = bool(series_optimization)
         self.state: dict[str, Any] = {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -85,15 +76,18 @@ class OperatingPoint:
             video_ids = sorted(series_labels)
             labels = np.array([series_labels[v] for v in video_ids])
             scores = {int(k): float(s) for k, s in series_scores.items()}
-            point = spec95_threshold(labels, np.array([scores.get(v, 0.0) for v in video_ids]))
-            if point is None:
+            roc = roc_statistics(labels, np.array([scores.get(v, 0.0) for v in video_ids]))
+            # None: one class only; +inf: no sensitivity above 0 at FPR <= 0.05.
+            if roc.spec95_threshold is None or not math.isfinite(roc.spec95_threshold):
                 return False
+            point = (roc.spec95_threshold, roc.sens_at_95spec, roc.spec95_specificity)
         threshold, sensitivity, specificity = point
         self.state = {
             "method": self.method,
             "threshold": threshold,
             "sensitivity": None if sensitivity is None else float(sensitivity),
             "specificity": None if specificity is None else float(specificity),
+            "series_optimization": self.series_optimization,
             "dataset": dataset,
             "iterations_trained": int(iterations_trained),
         }

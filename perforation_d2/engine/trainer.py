@@ -5,8 +5,8 @@
 - the clip mapper (:class:`~perforation_d2.data.DSAClipMapper`) in the train and test loaders;
 - the series-level evaluator (:class:`~perforation_d2.evaluation.DSASeriesEvaluator`);
 - the paper's LR schedule (cosine after an exponential warm-up, :mod:`.lr_scheduler`);
-- :class:`~detectron2.engine.hooks.BestCheckpointer` on ``dsa/<TEST.DSA.BEST_METRIC>``
-  (``model_best.pth``) when ``TEST.EVAL_PERIOD > 0``, its best score kept across ``--resume``;
+- :class:`~detectron2.engine.hooks.BestCheckpointer` on ``dsa/<TEST.DSA.BEST_METRIC>`` of the
+  first test set (``model_best.pth``) when ``TEST.EVAL_PERIOD > 0``, its best score kept across ``--resume``;
 - the operating point chosen on the validation set stored in ``operating_point.json`` and in the
   checkpoints (:mod:`.hooks`);
 - checkpoints that load with ``weights_only=True`` and are written atomically (:mod:`.checkpoint`);
@@ -87,7 +87,7 @@ class Trainer(DefaultTrainer):
             model, data_loader, optimizer, stop_on_nonfinite=cfg.SOLVER.STOP_ON_NONFINITE_LOSS
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.operating_point = OperatingPoint(cfg.TEST.DSA.OPERATING_POINT)
+        self.operating_point = OperatingPoint(cfg.TEST.DSA.OPERATING_POINT, cfg.TEST.DSA.SERIES_OPTIMIZATION)
         self.checkpointer = SafeDetectionCheckpointer(
             model,
             cfg.OUTPUT_DIR,
@@ -176,9 +176,7 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process():
             if evaluating:
                 ret.append(
-                    ResumableBestCheckpointer(
-                        cfg.TEST.EVAL_PERIOD, self.checkpointer, f"dsa/{cfg.TEST.DSA.BEST_METRIC}", "max"
-                    )
+                    ResumableBestCheckpointer(cfg.TEST.EVAL_PERIOD, self.checkpointer, best_metric_key(cfg), "max")
                 )
             # After the evaluation hooks: model_final then carries the final operating point.
             ret.append(FinalCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
@@ -225,6 +223,16 @@ class Trainer(DefaultTrainer):
             logger.warning(f"No {self.operating_point.method} operating point on {dataset} after "
                            f"{iterations_trained} iterations (one class only, or no threshold better than "
                            "chance); keeping the previous one.")
+
+
+def best_metric_key(cfg: CfgNode) -> str:
+    """The event-storage key of ``TEST.DSA.BEST_METRIC`` on the validation set (``DATASETS.TEST[0]``).
+
+    ``test`` returns the evaluator's ``{"dsa": {...}}`` directly for one test set but one such dict
+    per dataset for several, which EvalHook flattens to ``"<dataset>/dsa/<metric>"``.
+    """
+    key = f"dsa/{cfg.TEST.DSA.BEST_METRIC}"
+    return key if len(cfg.DATASETS.TEST) <= 1 else f"{cfg.DATASETS.TEST[0]}/{key}"
 
 
 def _validation_series(dataset: str, evaluator_dir: str) -> tuple[dict[int, int], dict[str, float]]:

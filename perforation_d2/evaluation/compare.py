@@ -8,13 +8,15 @@ compared with DeLong's test (z, two-sided p, 95% CI of the AUC difference). Writ
 ``compare.json``, ``table.md`` and ``roc_overlay.png``.
 
 AUCs and DeLong tests need both classes (at least two series of each), so a cohort without
-positive or without negative series is refused up front.
+positive or without negative series is refused up front. ``--splits SPLITS.json --fold K``
+(``--loco HELDOUT``, ``--part``) compares on one split's series, as ``evaluate`` does.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -24,12 +26,20 @@ import numpy as np
 
 from ..data.cohort import load_cohort
 from ..errors import DSAInputError
-from ..utils.fileio import atomic_write_json, atomic_write_text, check_outputs_free
+from ..utils.fileio import check_outputs_free
 from .bootstrap import BootstrapInterval, bootstrap_auc_intervals
 from .delong import delong_test
-from .evaluate_cmd import printed_metric_warnings, read_predictions_json
+from .evaluate_cmd import (
+    add_split_arguments,
+    predictions_in_split,
+    printed_metric_warnings,
+    read_predictions_json,
+    select_split,
+    warn_series_without_predictions,
+)
 from .metrics import CohortIndex, OperatingPoint, evaluate_series, roc_statistics
-from .plots import save_roc_plot
+from .output_set import write_output_set
+from .plots import roc_plot_png
 
 ENSEMBLE_NAME = "Ensemble (median)"
 BOX_KEYS = ("precision_iou50", "recall_iou50", "precision_center", "recall_center",
@@ -109,6 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-series-optimization", action="store_true",
                         help="score the per-frame top detections without series optimisation")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_split_arguments(parser)
 
 
 def _check_arguments(args: argparse.Namespace) -> list[str]:
@@ -131,24 +142,31 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise DSAInputError(f"{out}: --out must be a folder, but a file of that name exists.")
-    paths = {key: out / key for key in ("compare.json", "table.md", "roc_overlay.png")}
-    check_outputs_free(paths.values(), args.overwrite)
+    names_out = ("compare.json", "table.md", "roc_overlay.png")
+    check_outputs_free([out / name for name in names_out], args.overwrite)
 
-    index = CohortIndex(load_cohort(args.gt, check_images=False))
+    full_cohort = load_cohort(args.gt, check_images=False)
+    cohort, split = select_split(full_cohort, args)
+    index = CohortIndex(cohort)
     labels = index.labels
     positives, negatives = int(labels.sum()), int(len(labels) - labels.sum())
     if positives < 2 or negatives < 2:
         raise DSAInputError(
-            f"{args.gt}: the cohort has {positives} positive and {negatives} negative series; comparing AUCs "
-            "(bootstrap intervals, DeLong tests) needs at least 2 of each."
+            f"{args.gt}: the cohort{f' ({split} of {args.splits})' if split else ''} has {positives} positive "
+            f"and {negatives} negative series; comparing AUCs (bootstrap intervals, DeLong tests) needs at "
+            "least 2 of each."
         )
     predictions = [read_predictions_json(path) for path in args.pred]
+    if split:
+        predictions = [predictions_in_split(p, full_cohort, cohort, str(path)) for p, path in zip(predictions, args.pred)]
     series_optimization = not args.no_series_optimization
     with printed_metric_warnings():
         evaluations = [
             evaluate_series(index, preds, series_optimization, source=str(path))
             for path, preds in zip(args.pred, predictions)
         ]
+    for path, preds in zip(args.pred, predictions):
+        warn_series_without_predictions(cohort, preds, str(path), split)
 
     score_sets = [evaluation.scores for evaluation in evaluations]
     ensemble_scores = np.median(np.stack(score_sets), axis=0)
@@ -183,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
         "num_positive_series": positives,
         "num_patients": len(set(index.patient_ids)),
         "series_optimization": series_optimization,
+        "split": None if split is None else {"splits": str(args.splits), "selection": split},
         "bootstrap": {"resamples": args.bootstrap, "seed": args.seed, "unit": "patient", "level": 0.95,
                       "interval": "percentile"},
         "models": entries[:-1],
@@ -197,14 +216,17 @@ def run(args: argparse.Namespace) -> int:
         "and centre-overlap criteria); AUPRC: centre criterion. The ensemble is the median of the models' "
         "series scores (no box-level ensembling).",
     ]
+    if split:
+        notes.append(f"Series: {split} of {args.splits}.")
     table = markdown_tables(entries, tests, notes)
-    atomic_write_json(paths["compare.json"], report, overwrite=args.overwrite)
-    atomic_write_text(paths["table.md"], table, overwrite=args.overwrite)
-    save_roc_plot(
-        paths["roc_overlay.png"],
-        [(name, point.fpr, point.tpr, point.auc) for name, point in zip(all_names, points)],
-        title="Series-level ROC", overwrite=args.overwrite,
+    roc_png = roc_plot_png(
+        [(name, point.fpr, point.tpr, point.auc) for name, point in zip(all_names, points)], title="Series-level ROC"
+    )
+    report_json = json.dumps(report, indent=1, allow_nan=False) + "\n"
+    write_output_set(
+        out, {"compare.json": report_json.encode("utf-8"), "table.md": table.encode("utf-8"), "roc_overlay.png": roc_png},
+        overwrite=args.overwrite,
     )
     print(table, end="")
-    print(f"wrote {paths['compare.json']}, table.md and roc_overlay.png")
+    print(f"wrote {out / 'compare.json'}, table.md and roc_overlay.png")
     return 0

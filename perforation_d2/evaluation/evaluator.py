@@ -119,6 +119,10 @@ class DSASeriesEvaluator(DatasetEvaluator):
 
         metrics = evaluation.metrics
         if self._output_dir:
+            # overwrite=True on purpose: during training this evaluator runs every EVAL_PERIOD into
+            # the same inference/<dataset>/ folder, and the latest evaluation is the one that counts
+            # (the spec95 operating point reads series_scores.json right after). The files are
+            # still written atomically, so a reader never sees a half-written one.
             os.makedirs(self._output_dir, exist_ok=True)
             atomic_write_json(os.path.join(self._output_dir, "predictions.json"), predictions, overwrite=True)
             atomic_write_json(os.path.join(self._output_dir, "series_scores.json"), metrics["series_scores"],

@@ -1,12 +1,14 @@
-"""ROC and precision-recall figures (PNG).
+"""ROC and precision-recall figures, rendered to PNG bytes.
 
 Figures are built on matplotlib's object API with the Agg canvas, never through ``pyplot``: no
 global backend switch, no display needed, and nothing leaks between calls (training processes
-draw these after every evaluation).
+draw these after every evaluation). They are rendered in memory so that a command can write all
+of its outputs as one set (:func:`~perforation_d2.evaluation.output_set.write_output_set`).
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 
@@ -14,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..utils.fileio import atomic_save_figure
+from ..utils.fileio import atomic_write_bytes
 from .metrics import SeriesEvaluation
 
 
@@ -24,17 +26,22 @@ def _figure() -> Figure:
     return figure
 
 
+def _png(figure: Figure) -> bytes:
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def _format_value(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def save_roc_plot(
-    path: str | os.PathLike,
+def roc_plot_png(
     curves: Sequence[tuple[str, np.ndarray | None, np.ndarray | None, float | None]],
     operating_point: tuple[float, float] | None = None,
     title: str = "Series-level ROC",
-    overwrite: bool = False,
-) -> None:
+) -> bytes:
     """ROC curves ``(name, fpr, tpr, auc)`` on one plot; ``operating_point`` is ``(fpr, tpr)``.
 
     A curve with ``fpr`` None (a single class) is listed in the legend as unavailable.
@@ -55,18 +62,15 @@ def save_roc_plot(
     axes.set_ylabel("sensitivity")
     axes.set_title(title)
     axes.legend(loc="lower right", fontsize="small")
-    figure.tight_layout()
-    atomic_save_figure(path, figure, overwrite=overwrite)
+    return _png(figure)
 
 
-def save_pr_plot(
-    path: str | os.PathLike,
+def pr_plot_png(
     precision: np.ndarray,
     recall: np.ndarray,
     auprc: float | None,
     title: str = "Box-level PR (centre criterion)",
-    overwrite: bool = False,
-) -> None:
+) -> bytes:
     """The step-wise precision-recall curve behind ``AUPRC_center``."""
     figure = _figure()
     axes = figure.add_subplot(1, 1, 1)
@@ -81,26 +85,33 @@ def save_pr_plot(
     axes.set_ylabel("precision")
     axes.set_title(title)
     axes.legend(loc="lower left", fontsize="small")
-    figure.tight_layout()
-    atomic_save_figure(path, figure, overwrite=overwrite)
+    return _png(figure)
+
+
+def evaluation_plot_pngs(evaluation: SeriesEvaluation, title_suffix: str = "") -> dict[str, bytes]:
+    """``{"roc.png": ..., "pr.png": ...}`` of one evaluation."""
+    metrics = evaluation.metrics
+    point = None
+    if metrics["sensitivity"] is not None:
+        point = (1.0 - metrics["specificity"], metrics["sensitivity"])
+    return {
+        "roc.png": roc_plot_png(
+            [("series", evaluation.roc_fpr, evaluation.roc_tpr, metrics["AUC"])], point,
+            title="Series-level ROC" + title_suffix,
+        ),
+        "pr.png": pr_plot_png(
+            evaluation.pr_precision, evaluation.pr_recall, metrics["AUPRC_center"],
+            title="Box-level PR, centre criterion" + title_suffix,
+        ),
+    }
 
 
 def save_evaluation_plots(
     directory: str | os.PathLike, evaluation: SeriesEvaluation, title_suffix: str = "", overwrite: bool = False
 ) -> list[str]:
     """Write ``roc.png`` and ``pr.png`` of one evaluation into ``directory``; returns the paths."""
-    metrics = evaluation.metrics
-    roc_path = os.path.join(directory, "roc.png")
-    pr_path = os.path.join(directory, "pr.png")
-    point = None
-    if metrics["sensitivity"] is not None:
-        point = (1.0 - metrics["specificity"], metrics["sensitivity"])
-    save_roc_plot(
-        roc_path, [("series", evaluation.roc_fpr, evaluation.roc_tpr, metrics["AUC"])], point,
-        title="Series-level ROC" + title_suffix, overwrite=overwrite,
-    )
-    save_pr_plot(
-        pr_path, evaluation.pr_precision, evaluation.pr_recall, metrics["AUPRC_center"],
-        title="Box-level PR, centre criterion" + title_suffix, overwrite=overwrite,
-    )
-    return [roc_path, pr_path]
+    paths = []
+    for name, png in evaluation_plot_pngs(evaluation, title_suffix).items():
+        paths.append(os.path.join(directory, name))
+        atomic_write_bytes(paths[-1], png, overwrite=overwrite)
+    return paths

@@ -19,8 +19,13 @@ temporal module runs), so a 60-frame series at 1024 px costs what a short one do
 
 Both paths compute the same numbers: on CPU they agree to the last bit in our tests. On CUDA,
 PyTorch runs convolutions in TF32 by default, and the two paths batch different frames together,
-so cuDNN may pick different kernels; scores then differ by up to ~1e-4 and boxes by up to
-~1e-2 px (seen on an H200 at 640 px). Set ``torch.backends.cudnn.allow_tf32 = False`` for equal results.
+so cuDNN may pick different kernels; with TF32 the scores differed by up to ~1e-4 and boxes by up
+to ~1e-2 px (seen on an H200 at 640 px). Both paths therefore run their forward with TF32 off
+(:func:`tf32_disabled`, for matmuls and cuDNN convolutions, previous settings restored afterwards),
+so the remaining differences are plain FP32 rounding. The trade-off is speed: on Ampere and newer
+GPUs full-FP32 convolutions and matmuls are slower than TF32 ones (how much depends on the GPU and
+the model; the ``benchmark`` command measures it). Training is unaffected, as only inference
+through this module switches TF32 off. CPU runs are unchanged.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import logging
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import torch
@@ -77,6 +82,23 @@ def resize_frames(frames: torch.Tensor, frame_size: int) -> torch.Tensor:
     if frames.dim() == 3:
         return resized.unsqueeze(1).expand(-1, 3, -1, -1)
     return resized.view(len(frames), 3, frame_size, frame_size)
+
+
+@contextmanager
+def tf32_disabled() -> Iterator[None]:
+    """Run the body with TF32 off for CUDA matmuls and cuDNN convolutions; restore the settings after.
+
+    TF32 rounds inputs to 10 mantissa bits, so results depend on which kernels cuDNN picks for a
+    batch; in full FP32 the cached and the naive path agree (no effect on CPU).
+    """
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def top1(instances: Instances) -> Instances:
@@ -165,8 +187,13 @@ class SeriesPredictor:
     def __call__(self, frames: np.ndarray | torch.Tensor) -> list[Instances]:
         """Top-1 ``Instances`` of every frame, boxes in original-frame pixels.
 
-        ``frames``: the whole series, ``(F, H, W)`` grey or ``(F, 3, H, W)``, uint8.
+        ``frames``: the whole series, ``(F, H, W)`` grey or ``(F, 3, H, W)``, uint8. Runs with TF32
+        off (:func:`tf32_disabled`), so that it matches :func:`naive_predict_series` on GPU too.
         """
+        with tf32_disabled():
+            return self._predict(frames)
+
+    def _predict(self, frames: np.ndarray | torch.Tensor) -> list[Instances]:
         frames = _as_grey_or_rgb_uint8(frames)
         num_series_frames = len(frames)
         height, width = int(frames.shape[-2]), int(frames.shape[-1])
@@ -213,7 +240,8 @@ def naive_predict_series(
     """The reference path: one clip per frame through ``model(batched_inputs)``, top-1 per frame.
 
     Builds each clip like the test-time mapper (``clamp(t-k .. t+k)``, resized to ``frame_size``)
-    and runs the model's own ``forward``, so the backbone runs T times per frame.
+    and runs the model's own ``forward``, so the backbone runs T times per frame. Like
+    :class:`SeriesPredictor`, it runs with TF32 off.
     """
     frames = _as_grey_or_rgb_uint8(frames)
     clip_len = int(getattr(model.backbone, "num_frames", 1))
@@ -221,7 +249,7 @@ def naive_predict_series(
     height, width = int(frames.shape[-2]), int(frames.shape[-1])
     resized = resize_frames(frames, frame_size)
     outputs: list[Instances] = []
-    with torch.no_grad():
+    with torch.no_grad(), tf32_disabled():
         for start in range(0, len(frames), batch_size):
             inputs = []
             for t in range(start, min(len(frames), start + batch_size)):

@@ -9,6 +9,8 @@ never interleave bytes in one file. Existing outputs are only replaced when the 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import io
 import json
 import os
@@ -107,3 +109,43 @@ def check_outputs_free(paths: Iterable[PathLike], overwrite: bool) -> None:
             + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
             + "; pass --overwrite to replace existing outputs (nothing was written)."
         )
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: PathLike, blocking: bool, busy_message: str | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the lock file ``path`` (created, and removed on release).
+
+    ``blocking=False`` raises :class:`DSAInputError` (``busy_message``, else a generic one) at once
+    when another process holds the lock; ``blocking=True`` waits for it. The lock dies with its
+    process, so a killed run never leaves a stale lock. Removing the file on release is safe: after
+    locking, the inode check makes a process that opened the file just before its removal retry on
+    the new file instead of holding a lock nobody else sees.
+    """
+    path = Path(path)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as err:
+            raise DSAInputError(f"{path}: cannot create the lock file ({err.strerror}).") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise DSAInputError(
+                    busy_message or f"{path}: another run holds this lock right now; wait for it to finish."
+                ) from None
+            raise
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder before us removed the file: lock the new one instead
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
