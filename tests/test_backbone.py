@@ -106,12 +106,13 @@ def _loss_and_grads(backbone: TemporalBackbone, clips: torch.Tensor):
 
 
 def _assert_grads_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    # Segments run convolutions on fewer frames, which may sum in another order: compare each
-    # gradient relative to its own scale.
+    # Segments run convolutions on fewer frames, which may sum in another order (more so with
+    # several threads: up to ~1.2e-5 of the scale was seen with 2): compare each gradient
+    # relative to its own scale. A wrong recomputation is off by O(1) of the scale.
     for name, grad in expected.items():
         scale = grad.abs().max().item()
         assert scale > 0, name
-        torch.testing.assert_close(actual[name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+        torch.testing.assert_close(actual[name], grad, rtol=1e-4, atol=1e-4 * scale, msg=name)
 
 
 def test_checkpointing_gives_the_same_loss_and_gradients_with_groupnorm():
