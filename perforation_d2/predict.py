@@ -223,38 +223,44 @@ class Threshold:
     value: float
     method: str  # "youden", "spec95" or "manual"
     source: str
+    # Whether the scores the threshold was chosen on went through series optimisation: the
+    # decision is only meaningful on scores computed the same way.
+    series_optimization: bool = True
 
 
-def _stored_point(point: Any, method: str) -> float | None:
+def _stored_point(point: Any, method: str) -> tuple[float, bool] | None:
+    """``(threshold, series_optimization)`` of a stored operating point of ``method``, if any."""
     if isinstance(point, dict) and point.get("method") == method:
         value = point.get("threshold")
         if isinstance(value, (int, float)) and math.isfinite(value):
-            return float(value)
+            return float(value), bool(point.get("series_optimization", True))
     return None
 
 
-def choose_threshold(weights: str, extras: dict, method: str, manual: float | None) -> Threshold:
-    """The decision threshold: ``manual`` when given, else the stored ``method`` operating point."""
+def choose_threshold(weights: str, extras: dict, method: str, manual: float | None,
+                     series_optimization: bool = True) -> Threshold:
+    """The decision threshold: ``manual`` when given (scores computed with ``series_optimization``),
+    else the stored ``method`` operating point (with the SO setting it was chosen under)."""
     from .engine.hooks import OPERATING_POINT_FILE, OPERATING_POINTS
 
     if manual is not None:
         if not math.isfinite(manual):
             raise DSAInputError(f"--threshold {manual}: must be a finite number.")
-        return Threshold(float(manual), "manual", "--threshold")
+        return Threshold(float(manual), "manual", "--threshold", series_optimization)
     if method not in OPERATING_POINTS:
         raise DSAInputError(f"--operating-point {method!r}: valid choices are {', '.join(OPERATING_POINTS)}.")
-    value = _stored_point(extras.get("operating_point"), method)
-    if value is not None:
-        return Threshold(value, method, f"{weights} (checkpoint)")
+    stored_point = _stored_point(extras.get("operating_point"), method)
+    if stored_point is not None:
+        return Threshold(stored_point[0], method, f"{weights} (checkpoint)", stored_point[1])
     side_file = Path(weights).resolve().parent / OPERATING_POINT_FILE
     if side_file.is_file():
         try:
             stored = json.loads(side_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise DSAInputError(f"{side_file}: not a readable operating point file ({err}).") from None
-        value = _stored_point(stored, method)
-        if value is not None:
-            return Threshold(value, method, str(side_file))
+        stored_point = _stored_point(stored, method)
+        if stored_point is not None:
+            return Threshold(stored_point[0], method, str(side_file), stored_point[1])
     raise DSAInputError(
         f"{weights}: no {method} operating point is stored with these weights (neither in the checkpoint "
         f"nor in {side_file}); it is chosen on validation data during training (TEST.DSA.OPERATING_POINT "
@@ -273,15 +279,16 @@ class SeriesResult:
     frame_of_max: int | None
 
 
-def predict_one_series(predictor, frames: np.ndarray, image_ids: Sequence[int]) -> SeriesResult:
-    """Top-1 per frame, SO, and the series score of one series."""
+def predict_one_series(predictor, frames: np.ndarray, image_ids: Sequence[int],
+                       series_optimization: bool = True) -> SeriesResult:
+    """Top-1 per frame, SO (unless ``series_optimization`` is False), and the series score of one series."""
     from .evaluation.evaluator import top_detection_to_coco
     from .evaluation.series_optimization import Detection, optimize_series
 
     instances = predictor(frames)
     raw_per_frame = [top_detection_to_coco(inst, image_id) for inst, image_id in zip(instances, image_ids)]
     detections = [Detection(tuple(r[0]["bbox"]), r[0]["score"]) if r else None for r in raw_per_frame]
-    optimized = optimize_series(detections)
+    optimized = optimize_series(detections) if series_optimization else list(detections)
     kept = [t for t, d in enumerate(optimized) if d is not None]
     frame_of_max = max(kept, key=lambda t: (detections[t].score, -t)) if kept else None
     coco_so, boxes, scores = [], [], []
@@ -455,7 +462,8 @@ def run(args: argparse.Namespace) -> int:
     check_outputs_free(staged.final_paths(), args.overwrite)
     cfg, model, extras = load_model(args.config_file, args.weights, device, args.opts)
     threshold = choose_threshold(
-        args.weights, extras, args.operating_point or cfg.TEST.DSA.OPERATING_POINT, args.threshold
+        args.weights, extras, args.operating_point or cfg.TEST.DSA.OPERATING_POINT, args.threshold,
+        cfg.TEST.DSA.SERIES_OPTIMIZATION,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -469,7 +477,7 @@ def run(args: argparse.Namespace) -> int:
             if len(frames) != source.num_frames:
                 raise DSAInputError(f"{args.input}: series {source.name} has {len(frames)} frames, "
                                     f"expected {source.num_frames}.")
-            result = predict_one_series(predictor, frames, source.image_ids)
+            result = predict_one_series(predictor, frames, source.image_ids, threshold.series_optimization)
             gif_name, key_name = overlay_names(source)
             save_series_gif(staged.path(gif_name), frames, result.boxes_xyxy, result.scores, frame_time_ms)
             key = result.frame_of_max if result.frame_of_max is not None else len(frames) // 2

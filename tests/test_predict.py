@@ -156,6 +156,33 @@ def test_predict_cohort_json(trained, tmp_path, capsys):
         assert f"{entry['name']}: perforation {entry['perforation']} (score {entry['score']:.3f}{where}" in console
 
 
+def test_predict_honours_the_series_optimization_of_the_stored_operating_point(trained, tmp_path, capsys):
+    """A threshold chosen on scores without SO is applied to scores without SO."""
+    root = tmp_path / "no_so"
+    cfg = get_cfg()
+    perforation_d2.add_perforation_config(cfg)
+    cfg.merge_from_file(str(trained["config"]))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    point = OperatingPoint("youden", series_optimization=False)
+    point.state = {"method": "youden", "threshold": THRESHOLD, "sensitivity": 1.0, "specificity": 1.0,
+                   "dataset": "toy_val", "iteration": 10, "series_optimization": False}
+    SafeDetectionCheckpointer(model, save_dir=str(root), operating_point=point).save("model_final")
+    json_file = make_toy_cohort(tmp_path / "cohort", num_patients=2, frames=[6, 4], size=48)
+    outputs = {}
+    for name, weights in (("so", trained["weights"]), ("no_so", root / "model_final.pth")):
+        assert predict(trained, json_file, tmp_path / name, weights=weights) == 0
+        outputs[name] = json.loads((tmp_path / name / "series_scores.json").read_text())
+    raw = json.loads((tmp_path / "no_so" / "predictions.json").read_text())
+    # Without SO every frame's top detection survives and the series score is the raw maximum.
+    assert json.loads((tmp_path / "no_so" / "predictions_so.json").read_text()) == raw
+    metrics = compute_series_metrics(load_cohort(json_file), raw, series_optimization=False)
+    for video_id, entry in outputs["no_so"].items():
+        assert entry["score"] == pytest.approx(metrics["series_scores"][video_id], abs=1e-9)
+    # With SO the scores are trajectory means, which differ here (the random model's boxes wander).
+    assert [e["score"] for e in outputs["so"].values()] != [e["score"] for e in outputs["no_so"].values()]
+
+
 def test_predict_synthetic_dicom_leaks_no_identity(trained, tmp_path, capsys, caplog, salt_file):
     caplog.set_level(logging.DEBUG)
     identities = [make_identity(0), make_identity(1, patient=1), make_identity(2, patient=2)]
