@@ -467,7 +467,8 @@ def run(args: argparse.Namespace) -> int:
     )
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    predictor = SeriesPredictor(model, frame_size=cfg.INPUT.FRAME_SIZE, batch_size=args.batch_size)
+    predictor = SeriesPredictor(model, frame_size=cfg.INPUT.FRAME_SIZE, batch_size=args.batch_size,
+                                allow_tf32=cfg.TEST.DSA.ALLOW_TF32)
     raw, optimized, series_scores = [], [], {}
     summary = []
     with staged, tqdm(total=sum(s.num_frames for s in sources), unit="frame", desc="predict",

@@ -150,6 +150,21 @@ def test_both_paths_run_with_tf32_off_and_restore_it():
     assert after == (True, True)
 
 
+def test_allow_tf32_keeps_the_callers_setting():
+    """TEST.DSA.ALLOW_TF32 trades the 1e-4 agreement for speed: the predictor then leaves TF32 alone."""
+    before = _tf32()
+    model = random_model("retinanet.yaml")
+    seen = []
+    hook = model.head.register_forward_pre_hook(lambda *_: seen.append(_tf32()))
+    try:
+        _set_tf32(True, True)
+        SeriesPredictor(model, FRAME_SIZE, allow_tf32=True)(random_frames(2))
+    finally:
+        hook.remove()
+        _set_tf32(*before)
+    assert seen and set(seen) == {(True, True)}
+
+
 @pytest.mark.parametrize(("batch", "bound"), [(1, 5), (3, 7)])
 def test_feature_window_is_bounded(batch, bound):
     model = random_model("retinanet_tconv_T5.yaml")
