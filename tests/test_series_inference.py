@@ -128,41 +128,38 @@ def _tf32() -> tuple[bool, bool]:
     return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
 
 
-def _set_tf32(matmul: bool, cudnn: bool) -> None:
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+def _tf32_seen_by_the_head(*predict_calls) -> tuple[set, tuple[bool, bool]]:
+    """TF32 settings the model's head saw during ``predict_calls(model)`` (TF32 on before),
+    and the settings right after; the caller's settings are restored."""
+    before = _tf32()
+    model = random_model("retinanet.yaml")
+    seen = []
+    hook = model.head.register_forward_pre_hook(lambda *_: seen.append(_tf32()))
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        for call in predict_calls:
+            call(model)
+        after = _tf32()
+    finally:
+        hook.remove()
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    assert len(seen) >= len(predict_calls)
+    return set(seen), after
 
 
 def test_both_paths_run_with_tf32_off_and_restore_it():
     """On GPU, TF32 would make the two paths differ by more than 1e-4; both switch it off."""
-    before = _tf32()
-    model = random_model("retinanet.yaml")
-    seen = []
-    hook = model.head.register_forward_pre_hook(lambda *_: seen.append(_tf32()))
-    try:
-        _set_tf32(True, True)
-        SeriesPredictor(model, FRAME_SIZE)(random_frames(2))
-        naive_predict_series(model, random_frames(2), FRAME_SIZE)
-        after = _tf32()
-    finally:
-        hook.remove()
-        _set_tf32(*before)
-    assert len(seen) >= 2 and set(seen) == {(False, False)}
-    assert after == (True, True)
+    seen, after = _tf32_seen_by_the_head(
+        lambda model: SeriesPredictor(model, FRAME_SIZE)(random_frames(2)),
+        lambda model: naive_predict_series(model, random_frames(2), FRAME_SIZE),
+    )
+    assert seen == {(False, False)} and after == (True, True)
 
 
 def test_allow_tf32_keeps_the_callers_setting():
     """TEST.DSA.ALLOW_TF32 trades the 1e-4 agreement for speed: the predictor then leaves TF32 alone."""
-    before = _tf32()
-    model = random_model("retinanet.yaml")
-    seen = []
-    hook = model.head.register_forward_pre_hook(lambda *_: seen.append(_tf32()))
-    try:
-        _set_tf32(True, True)
-        SeriesPredictor(model, FRAME_SIZE, allow_tf32=True)(random_frames(2))
-    finally:
-        hook.remove()
-        _set_tf32(*before)
-    assert seen and set(seen) == {(True, True)}
+    seen, _ = _tf32_seen_by_the_head(lambda model: SeriesPredictor(model, FRAME_SIZE, allow_tf32=True)(random_frames(2)))
+    assert seen == {(True, True)}
 
 
 @pytest.mark.parametrize(("batch", "bound"), [(1, 5), (3, 7)])

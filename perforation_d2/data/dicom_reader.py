@@ -551,15 +551,16 @@ class DicomScan:
     @staticmethod
     def _check_decoder(path: Path, transfer_syntax: UID) -> None:
         name = _transfer_syntax_text(transfer_syntax)
-        try:
-            if UID_dictionary.get(transfer_syntax, ("", ""))[1] != "Transfer Syntax":
-                raise NotImplementedError(name)
-            decoder = get_decoder(transfer_syntax)
-        except NotImplementedError:
+        decoder = None
+        # Not a transfer syntax at all, or one pydicom has no decoder for (get_decoder raises).
+        if UID_dictionary.get(transfer_syntax, ("", ""))[1] == "Transfer Syntax":
+            with contextlib.suppress(NotImplementedError):
+                decoder = get_decoder(transfer_syntax)
+        if decoder is None:
             raise DSAInputError(
                 f"{path}: its pixel data uses {name}, which pydicom cannot decode; convert the file to an "
                 "uncompressed or JPEG transfer syntax (e.g. with dcmtk's dcmdjpeg/dcmconv or gdcmconv)."
-            ) from None
+            )
         if not decoder.is_available:
             packages = _DECODER_PACKAGES.get(str(transfer_syntax), _J2K_PACKAGES)
             raise DSAInputError(

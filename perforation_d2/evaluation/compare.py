@@ -24,9 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.cohort import load_cohort
 from ..errors import DSAInputError
-from ..utils.fileio import check_outputs_free
 from .bootstrap import BootstrapInterval, bootstrap_auc_intervals
 from .delong import delong_test
 from .evaluate_cmd import (
@@ -34,7 +32,7 @@ from .evaluate_cmd import (
     predictions_in_split,
     printed_metric_warnings,
     read_predictions_json,
-    select_split,
+    start_run,
     warn_series_without_predictions,
 )
 from .metrics import CohortIndex, OperatingPoint, evaluate_series, roc_statistics
@@ -139,14 +137,8 @@ def _check_arguments(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     names = _check_arguments(args)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise DSAInputError(f"{out}: --out must be a folder, but a file of that name exists.")
     names_out = ("compare.json", "table.md", "roc_overlay.png")
-    check_outputs_free([out / name for name in names_out], args.overwrite)
-
-    full_cohort = load_cohort(args.gt, check_images=False)
-    cohort, split = select_split(full_cohort, args)
+    out, full_cohort, cohort, split = start_run(args, names_out)
     index = CohortIndex(cohort)
     labels = index.labels
     positives, negatives = int(labels.sum()), int(len(labels) - labels.sum())

@@ -97,6 +97,18 @@ def _read_split(args: argparse.Namespace) -> tuple[list[int], str] | None:
     return ids, f"{kind} {wanted}, {args.part} series"
 
 
+def start_run(args: argparse.Namespace, output_names: tuple[str, ...]) -> tuple[Path, dict, dict, str | None]:
+    """Shared start of ``evaluate`` and ``compare``: check the output folder and files up front,
+    then load the cohort and select the split. Returns ``(out, full cohort, selected cohort, split)``."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DSAInputError(f"{out}: --out must be a folder, but a file of that name exists.")
+    check_outputs_free([out / name for name in output_names], args.overwrite)
+    full_cohort = load_cohort(args.gt, check_images=False)
+    cohort, split = select_split(full_cohort, args)
+    return out, full_cohort, cohort, split
+
+
 def select_split(cohort: dict[str, Any], args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
     """The cohort restricted to the split the arguments select (unchanged without ``--splits``)."""
     selection = _read_split(args)
@@ -188,13 +200,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise DSAInputError(f"{out}: --out must be a folder, but a file of that name exists.")
     names = ("metrics.json", "roc.png", "pr.png")
-    check_outputs_free([out / name for name in names], args.overwrite)
-    full_cohort = load_cohort(args.gt, check_images=False)
-    cohort, split = select_split(full_cohort, args)
+    out, full_cohort, cohort, split = start_run(args, names)
     predictions = read_predictions_json(args.pred)
     if split:
         predictions = predictions_in_split(predictions, full_cohort, cohort, str(args.pred))

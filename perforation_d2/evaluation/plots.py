@@ -56,12 +56,17 @@ def roc_plot_png(
             axes.plot(fpr, tpr, label=f"{name} (AUC {_format_value(auc)})")  # trapezoids, as the AUC
     if operating_point is not None:
         axes.plot([operating_point[0]], [operating_point[1]], "o", color="black", label="Youden point")
+    return _finish_unit_square(figure, axes, "1 - specificity", "sensitivity", title, "lower right")
+
+
+def _finish_unit_square(figure, axes, xlabel: str, ylabel: str, title: str, legend_loc: str) -> bytes:
+    """Axes over [0, 1] x [0, 1] with labels, title and legend; the figure as PNG bytes."""
     axes.set_xlim(-0.01, 1.01)
     axes.set_ylim(-0.01, 1.01)
-    axes.set_xlabel("1 - specificity")
-    axes.set_ylabel("sensitivity")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
-    axes.legend(loc="lower right", fontsize="small")
+    axes.legend(loc=legend_loc, fontsize="small")
     return _png(figure)
 
 
@@ -79,13 +84,7 @@ def pr_plot_png(
                   where="pre", label=f"AUPRC {_format_value(auprc)}")
     else:
         axes.plot([], [], label="no detection")
-    axes.set_xlim(-0.01, 1.01)
-    axes.set_ylim(-0.01, 1.01)
-    axes.set_xlabel("recall")
-    axes.set_ylabel("precision")
-    axes.set_title(title)
-    axes.legend(loc="lower left", fontsize="small")
-    return _png(figure)
+    return _finish_unit_square(figure, axes, "recall", "precision", title, "lower left")
 
 
 def evaluation_plot_pngs(evaluation: SeriesEvaluation, title_suffix: str = "") -> dict[str, bytes]:
