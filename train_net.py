@@ -7,73 +7,15 @@
 
 The trainer (``perforation_d2.engine.Trainer``) is Detectron2's DefaultTrainer with the clip
 mapper, the series-level evaluator, the paper's LR schedule, BestCheckpointer and safe
-checkpoints; see its module documentation.
+checkpoints; ``perforation_d2.engine.launch`` parses the arguments and starts the workers.
+``python -m perforation_d2 train`` is the same command for an installed package.
 """
-
-from __future__ import annotations
 
 import sys
 
-from detectron2.engine import default_argument_parser, launch
+from perforation_d2.engine.launch import cli, main
 
-from perforation_d2.engine import (
-    NonFiniteLossError,
-    Trainer,
-    build_config,
-    evaluate_checkpoint,
-    prepare_launch,
-    setup,
-)
-from perforation_d2.errors import DSAInputError
-
-EPILOG = """
-Distributed training (Detectron2's launch): --num-gpus N starts N worker processes on this
-machine. On a machine with CUDA each worker drives one GPU and they communicate with NCCL; on a
-machine without CUDA, or with MODEL.DEVICE cpu, the N workers run on the CPU and communicate with
-gloo (CUDA is hidden from them), which is how the tests exercise DDP; SyncBN needs GPUs, so CPU
-configs use GN, BN or FrozenBN.
-Several machines: --num-machines M --machine-rank R --dist-url tcp://HOST:PORT on each machine;
---dist-url auto picks a free local port (one machine only).
-
-Examples:
-  python train_net.py --config-file configs/quick/retinanet_tconv_T5.yaml OUTPUT_DIR out/quick
-  python train_net.py --num-gpus 2 --dist-url auto --config-file CFG MODEL.DEVICE cpu
-  python train_net.py --config-file CFG --resume OUTPUT_DIR out/run   # after a crash or a kill
-  python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/run/model_best.pth
-"""
-
-
-def main(args):
-    """Train (or evaluate with ``--eval-only``) in one process of a possibly distributed job."""
-    cfg = setup(args)
-    if args.eval_only:
-        return evaluate_checkpoint(cfg, resume=args.resume)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
-
-
-def cli(argv=None) -> int:
-    args = default_argument_parser(epilog=EPILOG).parse_args(argv)
-    try:
-        # Check the config here, before workers start, so a bad config is one clear message.
-        prepare_launch(build_config(args), args)
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except DSAInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
+__all__ = ["cli", "main"]
 
 if __name__ == "__main__":
     sys.exit(cli())

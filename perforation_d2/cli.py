@@ -1,8 +1,9 @@
 """``python -m perforation_d2 <command>``: the command-line surface of SPEC section 5.
 
-Each command lives in the module that owns its subject and exposes ``add_arguments(parser)``
-and ``run(args) -> int``; modules are imported only when their command runs, so ``--help`` is
-fast and one command's heavy dependencies never slow another. Bad input raises
+Each command is one module of :mod:`perforation_d2.commands` exposing ``add_arguments(parser)``
+and ``run(args) -> int`` (or ``main(argv) -> int`` when it parses its own arguments, as ``train``
+does with Detectron2's parser); modules are imported only when their command runs, so ``--help``
+is fast and one command's heavy dependencies never slow another. Bad input raises
 :class:`~perforation_d2.errors.DSAInputError`, printed here as one paragraph (exit status 2).
 """
 
@@ -13,20 +14,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .commands import COMMANDS
 from .errors import DSAInputError
-
-# command -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("perforation_d2.data.synth", "generate the synthetic DSA cohort"),
-    "prepare-dicom": ("perforation_d2.data.dicom_import", "convert DICOM XA/XRF series to a cohort"),
-    "validate": ("perforation_d2.data.validate", "check a cohort JSON and list every problem"),
-    "split": ("perforation_d2.data.splits", "patient-level K-fold and leave-one-cohort-out splits"),
-    "predict": ("perforation_d2.predict", "run a trained model on DICOM series or a cohort"),
-    "evaluate": ("perforation_d2.evaluation.evaluate_cmd", "series-level metrics of one predictions file"),
-    "compare": ("perforation_d2.evaluation.compare", "compare models: AUC CIs, DeLong tests, ensemble"),
-    "benchmark": ("perforation_d2.benchmark", "speed and memory ratios measured in one run"),
-    "demo": ("perforation_d2.demo", "the main job end to end on the synthetic cohort"),
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     name = argv[0]
     module = importlib.import_module(COMMANDS[name][0])
+    if hasattr(module, "main"):
+        return int(module.main(argv[1:]) or 0)
     command_parser = argparse.ArgumentParser(
         prog=f"python -m perforation_d2 {name}", description=COMMANDS[name][1]
     )

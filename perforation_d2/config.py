@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from detectron2.config import CfgNode as CN
+
+# The YAML configs ship inside the package (``configs/`` at the repository root links here), so
+# an installed package finds them wherever it runs.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def config_path(name: str) -> Path:
+    """The packaged config ``name`` (e.g. ``"quick/retinanet.yaml"``); a clear error if absent."""
+    from .errors import DSAInputError
+
+    path = CONFIG_DIR / name
+    if not path.is_file():
+        raise DSAInputError(f"{path}: no such packaged config (they live under {CONFIG_DIR}).")
+    return path
 
 
 def add_perforation_config(cfg: CN) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from ..errors import DSAInputError
-from ..utils.fileio import atomic_write_json, check_outputs_free
+from ..io.atomic import atomic_write_json, check_outputs_free
 from .cohort import load_cohort, series_labels
 from .register import SPLITS_FILE
 

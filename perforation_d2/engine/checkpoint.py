@@ -40,7 +40,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from numpy._core import multiarray as _multiarray
 
 from ..errors import DSAInputError
-from ..utils.fileio import atomic_open
+from ..io.atomic import atomic_open
 
 
 def _latin1_encode(obj: str, encoding: str = "latin1") -> bytes:

@@ -22,7 +22,7 @@ from detectron2.engine import hooks
 
 from ..errors import DSAInputError
 from ..evaluation.metrics import roc_statistics
-from ..utils.fileio import atomic_write_json
+from ..io.atomic import atomic_write_json
 
 OPERATING_POINTS = ("youden", "spec95")
 OPERATING_POINT_FILE = "operating_point.json"

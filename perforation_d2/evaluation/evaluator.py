@@ -23,7 +23,7 @@ from detectron2.structures import Instances
 from detectron2.utils import comm
 
 from ..data.cohort import load_cohort
-from ..utils.fileio import atomic_write_json
+from ..io.atomic import atomic_write_json
 from .metrics import CATEGORY_ID, DSAMetricWarning, evaluate_series, restrict_cohort, scalar_metrics
 from .plots import save_evaluation_plots
 

@@ -3,7 +3,7 @@
 Figures are built on matplotlib's object API with the Agg canvas, never through ``pyplot``: no
 global backend switch, no display needed, and nothing leaks between calls (training processes
 draw these after every evaluation). They are rendered in memory so that a command can write all
-of its outputs as one set (:func:`~perforation_d2.evaluation.output_set.write_output_set`).
+of its outputs as one set (:func:`~perforation_d2.io.output_set.write_output_set`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..utils.fileio import atomic_write_bytes
+from ..io.atomic import atomic_write_bytes
 from .metrics import SeriesEvaluation
 
 

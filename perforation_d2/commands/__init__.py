@@ -1,0 +1,21 @@
+"""The command-line commands, one module each; only :mod:`perforation_d2.cli` imports them.
+
+A command module parses its arguments (``add_arguments(parser)`` + ``run(args)``, or ``main(argv)``)
+and calls library code; library code never imports a command module.
+"""
+
+from __future__ import annotations
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("perforation_d2.synth.cohort", "generate the synthetic DSA cohort"),
+    "train": ("perforation_d2.commands.train", "train or evaluate a model (the arguments of train_net.py)"),
+    "prepare-dicom": ("perforation_d2.data.dicom.importer", "convert DICOM XA/XRF series to a cohort"),
+    "validate": ("perforation_d2.commands.validate", "check a cohort JSON and list every problem"),
+    "split": ("perforation_d2.data.splits", "patient-level K-fold and leave-one-cohort-out splits"),
+    "predict": ("perforation_d2.inference.predict", "run a trained model on DICOM series or a cohort"),
+    "evaluate": ("perforation_d2.commands.evaluate", "series-level metrics of one predictions file"),
+    "compare": ("perforation_d2.commands.compare", "compare models: AUC CIs, DeLong tests, ensemble"),
+    "benchmark": ("perforation_d2.commands.benchmark", "speed and memory ratios measured in one run"),
+    "demo": ("perforation_d2.commands.demo", "the main job end to end on the synthetic cohort"),
+}

@@ -1,0 +1,171 @@
+"""``python -m perforation_d2 demo``: the main job end to end on the embedded synthetic cohort.
+
+Steps, each the public command a user would run (training goes through ``train_net.py`` in a
+subprocess, exactly as documented):
+
+1. ``synth``: generate the synthetic cohort;
+2. ``validate`` and ``split``: check it and split it at patient level (stratified K-fold);
+3. ``train_net.py``: train a quick single-frame RetinaNet and a quick temporal RetinaNet
+   (temporal convolution, T=5) on the training folds, each evaluated with series optimisation
+   on the held-out patients by ``DSASeriesEvaluator`` at the end of training;
+4. ``compare``: AUC with patient-level bootstrap CIs, DeLong test, ensemble, Table-1-style table;
+5. a report folder: ``report.md`` with the table, ROC/PR plots and overlays of a few held-out series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..config import config_path
+from ..errors import DSAInputError
+from ..io.atomic import atomic_write_text
+
+# (short name, display name, packaged quick config)
+MODELS: list[tuple[str, str, str]] = [
+    ("single", "RetinaNet (single frame)", "quick/retinanet.yaml"),
+    ("tconv", "RetinaNet + temporal conv (T=5)", "quick/retinanet_tconv_T5.yaml"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output folder (data, models, report)")
+    parser.add_argument("--patients", type=int, default=150, help="synthetic patients (default 150)")
+    parser.add_argument("--size", type=int, default=128, help="frame size in pixels (default 128)")
+    parser.add_argument("--folds", type=int, default=3, help="patient-level folds; fold 0 is held out")
+    parser.add_argument("--iters", type=int, default=500, help="training iterations per model (default 500)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+class _Steps:
+    """Runs and times the demo's steps, echoing each command."""
+
+    def __init__(self, log_path: Path):
+        self.log_path = log_path
+        self.timings: list[tuple[str, float]] = []
+
+    def run(self, title: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        print(f"\n== {title}\n$ {' '.join(argv)}", flush=True)
+        start = time.perf_counter()
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(f"\n== {title}\n$ {' '.join(argv)}\n")
+            log.flush()
+            proc = subprocess.run(argv, cwd=self.log_path.parent, env=env, stdout=log, stderr=subprocess.STDOUT)
+        elapsed = time.perf_counter() - start
+        self.timings.append((title, elapsed))
+        print(f"   done in {elapsed:.0f} s", flush=True)
+        self._check(title, proc.returncode, self.log_path)
+
+    def run_parallel(self, jobs: list[tuple[str, list[str]]], env: dict[str, str]) -> None:
+        """Run ``(title, argv)`` jobs at the same time, each logging to its own file."""
+        start = time.perf_counter()
+        running = []
+        for index, (title, argv) in enumerate(jobs):
+            print(f"\n== {title} (in parallel)\n$ {' '.join(argv)}", flush=True)
+            log_path = self.log_path.with_name(f"{self.log_path.stem}.job{index}.log")
+            with open(log_path, "w", encoding="utf-8") as log:
+                log.write(f"== {title}\n$ {' '.join(argv)}\n")
+            log = open(log_path, "a", encoding="utf-8")  # closed after the job ends
+            running.append((title, log_path, log, time.perf_counter(),
+                            subprocess.Popen(argv, cwd=self.log_path.parent, env=env, stdout=log, stderr=subprocess.STDOUT)))
+        failures = []
+        for title, log_path, log, job_start, proc in running:
+            returncode = proc.wait()
+            log.close()
+            elapsed = time.perf_counter() - job_start
+            self.timings.append((title, elapsed))
+            print(f"   {title}: done in {elapsed:.0f} s (log: {log_path.name})", flush=True)
+            if returncode != 0:
+                failures.append((title, returncode, log_path))
+        print(f"   parallel steps took {time.perf_counter() - start:.0f} s", flush=True)
+        for title, returncode, log_path in failures:
+            self._check(title, returncode, log_path)
+
+    @staticmethod
+    def _check(title: str, returncode: int, log_path: Path) -> None:
+        if returncode != 0:
+            tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-25:]
+            raise DSAInputError(
+                f"{log_path}: step '{title}' failed with exit status {returncode}; its last lines: " + " | ".join(tail)
+            )
+
+
+DEMO_MARKER = "demo.log"
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out).resolve()
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            raise DSAInputError(f"{out}: the output folder exists and is not empty; pass --overwrite to replace it.")
+        if not (out / DEMO_MARKER).is_file():
+            # --overwrite replaces an earlier demo's folder, never an arbitrary one.
+            raise DSAInputError(
+                f"{out}: the folder is not empty and holds no earlier demo output ({DEMO_MARKER}); "
+                "refusing to replace it even with --overwrite: choose a new or empty folder."
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    steps = _Steps(out / "demo.log")
+    env = dict(os.environ)
+    # The demo's cohort is passed explicitly; don't also pick up whatever ./datasets holds.
+    env["DETECTRON2_DATASETS"] = str(out / "data")
+    started = time.perf_counter()
+
+    cohort_dir = out / "data" / "synth"
+    cohort_json = cohort_dir / "cohort.json"
+    steps.run("generate the synthetic cohort",
+              [py, "-m", "perforation_d2", "synth", "--out", str(cohort_dir), "--patients", str(args.patients),
+               "--seed", str(args.seed), "--size", str(args.size)], env)
+    steps.run("validate it", [py, "-m", "perforation_d2", "validate", str(cohort_json)], env)
+    steps.run("split it at patient level",
+              [py, "-m", "perforation_d2", "split", "--cohort", str(cohort_json), "--folds", str(args.folds),
+               "--seed", str(args.seed), "--out", str(cohort_dir)], env)
+
+    train_set, val_set = "synth_fold0_train", "synth_fold0_val"
+    predictions: dict[str, Path] = {}
+    jobs = []
+    for short, title, config in MODELS:
+        model_dir = out / "models" / short
+        opts = [
+            "DATASETS.TRAIN", f"('{train_set}',)", "DATASETS.TEST", f"('{val_set}',)",
+            "INPUT.FRAME_SIZE", str(args.size), "SEED", str(args.seed), "OUTPUT_DIR", str(model_dir),
+        ]
+        if args.iters:
+            opts += ["SOLVER.MAX_ITER", str(args.iters), "SOLVER.CHECKPOINT_PERIOD", str(args.iters)]
+        jobs.append((f"train and evaluate {title}",
+                     [py, "-m", "perforation_d2", "train", "--config-file", str(config_path(config)), *opts]))
+        predictions[short] = model_dir / "inference" / val_set / "predictions.json"
+    # The models train side by side, one CPU thread each: on a 2-core machine that beats two
+    # runs after another with two threads each (small convolutions scale poorly across threads).
+    thread_env = dict(env, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    steps.run_parallel(jobs, thread_env)
+
+    # --splits/--fold: score exactly the held-out series (the models never saw them).
+    splits_json = cohort_dir / "splits.json"
+    compare_dir = out / "compare"
+    compare_cmd = [py, "-m", "perforation_d2", "compare", "--gt", str(cohort_json), "--splits", str(splits_json),
+                   "--fold", "0", "--out", str(compare_dir), "--bootstrap", str(args.bootstrap), "--seed", str(args.seed)]
+    for short, title, _config in MODELS:
+        compare_cmd += ["--pred", str(predictions[short]), "--name", title]
+    steps.run("compare the models on the held-out patients", compare_cmd, env)
+
+    from ..report.demo_report import write_report
+
+    report = write_report(out, cohort_json, splits_json, val_set, MODELS, predictions, compare_dir, steps.timings,
+                          time.perf_counter() - started, args)
+    from ..report.demo_report import temporal_verdict
+
+    print(f"\nreport: {report}")
+    print(temporal_verdict(json.loads((compare_dir / "compare.json").read_text())))
+    atomic_write_text(out / "DONE", "ok\n", overwrite=True)
+    return 0

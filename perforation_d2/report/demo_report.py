@@ -1,0 +1,180 @@
+"""The demo's report folder: ``report.md`` with the comparison table, plots and overlays."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..commands.benchmark import machine_description
+from ..data.cohort import load_cohort, series_labels
+from ..evaluation.metrics import CohortIndex, apply_series_optimization, parse_predictions, restrict_cohort
+from ..evaluation.series_optimization import Detection
+from ..io.atomic import atomic_save_image, atomic_write_text
+
+GT_RGB = (40, 220, 60)
+MODEL_RGB = [(255, 64, 32), (60, 140, 255), (255, 200, 0)]
+
+
+def _surviving_detections(cohort: dict, predictions: list[dict]) -> dict[int, list[Detection | None]]:
+    """Per series (frame order) the detections that survive top-1 per frame and SO, as the metrics see them."""
+    index = CohortIndex(cohort)
+    detections = apply_series_optimization(parse_predictions(predictions, index), index)
+    per_frame: list[Detection | None] = [None] * len(index.frame_image_ids)
+    for frame, box, score in zip(detections.frame.tolist(), detections.boxes.tolist(), detections.scores.tolist()):
+        per_frame[frame] = Detection(tuple(box), score)
+    return {
+        int(video_id): per_frame[index.frame_start[v]: index.frame_start[v + 1]]
+        for v, video_id in enumerate(index.video_ids)
+    }
+
+
+def _overlay(frame_path: Path, gt_boxes: list[list[float]], detections: list[Detection | None],
+             names: list[str], scale: int = 3) -> Image.Image:
+    """A frame enlarged ``scale`` times with the GT box(es) (green) and each model's surviving box."""
+    grey = Image.open(frame_path).convert("L")
+    image = grey.resize((grey.width * scale, grey.height * scale), Image.NEAREST).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    for x, y, w, h in gt_boxes:
+        draw.rectangle([x * scale, y * scale, (x + w) * scale, (y + h) * scale], outline=GT_RGB, width=2)
+    for index, (name, det) in enumerate(zip(names, detections)):
+        colour = MODEL_RGB[index % len(MODEL_RGB)]
+        if det is not None:
+            x, y, w, h = det.bbox
+            draw.rectangle([x * scale, y * scale, (x + w) * scale, (y + h) * scale], outline=colour, width=2)
+        text = f"{name}: {det.score:.2f}" if det is not None else f"{name}: none"
+        draw.text((4, 4 + 12 * index), text, fill=colour)
+    return image
+
+
+def held_out_cohort(cohort_json: Path, splits_json: Path, fold: int = 0) -> dict:
+    """The cohort restricted to the validation series of ``fold``."""
+    splits = json.loads(splits_json.read_text(encoding="utf-8"))
+    fold_entry = next(f for f in splits["folds"] if int(f["fold"]) == fold)
+    return restrict_cohort(load_cohort(cohort_json, check_images=False), fold_entry["val_video_ids"])
+
+
+def write_overlays(out: Path, cohort: dict, image_root: Path, names: list[str], predictions: list[Path],
+                   max_series: int = 4) -> list[tuple[str, str]]:
+    """Key-frame overlays of a few series of ``cohort`` (positives first); returns (png, caption)."""
+    labels = series_labels(cohort)
+    survivors = [_surviving_detections(cohort, json.loads(p.read_text())) for p in predictions]
+    images_of = defaultdict(list)
+    for image in sorted(cohort["images"], key=lambda im: im["frame_id"]):
+        images_of[int(image["video_id"])].append(image)
+    boxes_of = defaultdict(list)
+    for ann in cohort["annotations"]:
+        boxes_of[int(ann["image_id"])].append(ann["bbox"])
+    positives = [v for v in sorted(images_of) if labels[v] == 1 and len(images_of[v]) > 1]
+    negatives = [v for v in sorted(images_of) if labels[v] == 0 and len(images_of[v]) > 1]
+    chosen = positives[: max_series - 1] + negatives[:1]
+    rendered = []
+    folder = out / "overlays"
+    for vid in chosen:
+        frames = images_of[vid]
+        annotated = [i for i, im in enumerate(frames) if boxes_of[int(im["id"])]]
+        # Key frame: the middle annotated frame of a positive; the last model's best frame otherwise.
+        if annotated:
+            key = annotated[len(annotated) // 2]
+        else:
+            scores = [d.score if d is not None else -1.0 for d in survivors[-1][vid]]
+            key = int(np.argmax(scores))
+        image = _overlay(image_root / frames[key]["file_name"], boxes_of[int(frames[key]["id"])],
+                         [s[vid][key] for s in survivors], names)
+        name = f"series{vid}_frame{key}.png"
+        atomic_save_image(folder / name, image, overwrite=True)
+        kind = "positive" if labels[vid] else "negative"
+        rendered.append((f"overlays/{name}", f"series {vid} ({kind}), frame_id {key} of {len(frames)} frames"))
+    return rendered
+
+
+def temporal_verdict(compare: dict) -> str:
+    """One sentence: does the temporal model (second) beat the single-frame one (first) on AUC?"""
+    single, temporal = compare["models"][0], compare["models"][1]
+    test = next(t for t in compare["delong"] if t["a"] == single["name"] and t["b"] == temporal["name"])
+    better = (temporal["AUC"] or 0.0) > (single["AUC"] or 0.0)
+    p_value = "n/a" if test["p_value"] is None else f"{test['p_value']:.3g}"
+    return (f"{temporal['name']} {'beats' if better else 'does NOT beat'} {single['name']} on series AUC: "
+            f"{temporal['AUC']:.3f} vs {single['AUC']:.3f} (DeLong p = {p_value}).")
+
+
+def write_report(out: Path, cohort_json: Path, splits_json: Path, val_set: str, models: list[tuple[str, str, str]],
+                 predictions: dict[str, Path], compare_dir: Path, timings: list[tuple[str, float]],
+                 total_seconds: float, args: argparse.Namespace) -> Path:
+    report_dir = out / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    compare = json.loads((compare_dir / "compare.json").read_text())
+    table = (compare_dir / "table.md").read_text()
+    shutil.copyfile(compare_dir / "roc_overlay.png", report_dir / "roc_overlay.png")
+    preview = cohort_json.parent / "preview.png"
+    if preview.exists():
+        shutil.copyfile(preview, report_dir / "cohort_preview.png")
+    per_model_rows = []
+    plots = []
+    keys = ["AUC", "threshold", "sensitivity", "specificity", "sens_at_95spec", "precision_iou50", "recall_iou50",
+            "precision_center", "recall_center", "AUPRC_center", "AP50_coco", "AP_center_coco"]
+    for short, title, _config in models:
+        eval_dir = predictions[short].parent
+        metrics = json.loads((eval_dir / "metrics.json").read_text())
+        cells = [f"{metrics[k]:.3f}" if isinstance(metrics.get(k), (int, float)) else "-" for k in keys]
+        per_model_rows.append(f"| {title} | " + " | ".join(cells) + " |")
+        for plot in ("roc.png", "pr.png"):
+            if (eval_dir / plot).exists():
+                shutil.copyfile(eval_dir / plot, report_dir / f"{short}_{plot}")
+                plots.append(f"{short}_{plot}")
+    overlays = write_overlays(report_dir, held_out_cohort(cohort_json, splits_json), cohort_json.parent,
+                              [t for _, t, _ in models], [predictions[s] for s, _, _ in models])
+
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    verdict = temporal_verdict(compare)
+    lines = [
+        "# perforation_d2 demo report",
+        "",
+        f"Run {stamp} on {machine_description()}; {total_seconds / 60:.1f} minutes end to end.",
+        f"Synthetic cohort: {args.patients} patients at {args.size} px (seed {args.seed}), split at patient "
+        f"level into {args.folds} stratified folds; models trained on folds 1..{args.folds - 1} and evaluated on "
+        f"fold 0 ({compare['num_patients']} held-out patients, {compare['num_series']} series, "
+        f"{compare['num_positive_series']} positive), with series-level optimisation.",
+        "",
+        f"**{verdict}**",
+        "",
+        "## Series-level classification and localisation (Table 1 layout)",
+        "",
+        table,
+        "## All metrics per model (SPEC section 4)",
+        "",
+        "| model | " + " | ".join(keys) + " |",
+        "|" + "---|" * (len(keys) + 1),
+        *per_model_rows,
+        "",
+        "## Plots",
+        "",
+        "![ROC overlay](roc_overlay.png)",
+        "",
+        *[f"![{p}]({p})" for p in plots],
+        "",
+        "## Overlays (held-out series)",
+        "",
+        "Green: ground truth; red: " + models[0][1] + "; blue: " + models[1][1]
+        + " (the box that survives series optimisation on that frame, with its score).",
+        "",
+        *[f"![{caption}]({png})  \n{caption}\n" for png, caption in overlays],
+        "## Steps",
+        "",
+        "| step | seconds |",
+        "|---|---|",
+        *[f"| {title} | {seconds:.0f} |" for title, seconds in timings],
+        "",
+        "Commands and their output: `../demo.log`. Models: " + ", ".join(f"`{c}`" for _, _, c in models) + ".",
+    ]
+    if (report_dir / "cohort_preview.png").exists():
+        lines += ["", "## The synthetic cohort", "", "![cohort preview](cohort_preview.png)"]
+    path = report_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n", overwrite=True)
+    return path
