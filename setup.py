@@ -7,6 +7,8 @@ setup(
     version="0.1.0",
     description="Detectron2 project: intracranial vessel perforation detection in DSA series",
     packages=find_packages(include=["perforation_d2", "perforation_d2.*"]),
+    # The YAML configs ship inside the package, so an installed copy finds them (config_path).
+    package_data={"perforation_d2": ["configs/*.yaml", "configs/**/*.yaml"]},
     python_requires=">=3.10",
     # torch, torchvision and detectron2 are installed by scripts/setup_env.sh (Detectron2 is not
     # on PyPI); the rest is pinned in requirements.txt.
@@ -20,6 +22,10 @@ setup(
         "Pillow",
         "tqdm",
         "opencv-python-headless<4.12",
+        # DICOM results (highdicom), the DICOM node (pynetdicom), cross-validate on a cluster (submitit).
+        "highdicom>=0.28",
+        "pynetdicom>=3.0",
+        "submitit>=1.5",
     ],
     entry_points={"console_scripts": ["perforation-d2=perforation_d2.cli:main"]},
 )

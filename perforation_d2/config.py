@@ -54,6 +54,12 @@ def add_perforation_config(cfg: CN) -> None:
     # look-alike is diluted. On the synthetic cohort (demo settings, 500 iterations) it gave
     # series AUC 0.91-0.93 where the centre start gave 0.72, no better than a single frame.
     _C.MODEL.TEMPORAL.CENTRE_INIT = False
+    # TemporalAttention learns one key offset per clip slot (started as a sinusoidal encoding)
+    # and one value offset per slot (started at 0), so its weights and output depend on frame
+    # order: without it a clip and its reverse give the same output, so wash-in (a perforation
+    # filling) and wash-out (a vessel emptying) look alike. Off by default so that existing
+    # attention checkpoints load and keep their results.
+    _C.MODEL.TEMPORAL.ORDER_ENCODING = False
 
     # ---- DR-IoU box regression loss (paper section 2.2) -------------------------------------
     _C.MODEL.DR_IOU = CN()
@@ -83,6 +89,13 @@ def add_perforation_config(cfg: CN) -> None:
     # Iterations between lines of OUTPUT_DIR/metrics.json and the console (Detectron2 fixes 20).
     _C.SOLVER.LOG_PERIOD = 20
 
+    # ---- training sampler ------------------------------------------------------------------
+    # > 0: draw each training frame from the frames with a perforation box with this probability
+    # (else from those without), instead of uniformly. With a quarter of the frames positive and
+    # two frames per batch, uniform sampling leaves more than half of the batches without any
+    # box to regress; 0.5 leaves a quarter. 0 keeps Detectron2's uniform TrainingSampler.
+    _C.DATALOADER.DSA_POSITIVE_FRACTION = 0.0
+
     # ---- series-level evaluation (SPEC sections 3 and 4) ------------------------------------
     _C.TEST.DSA = CN()
     _C.TEST.DSA.SERIES_OPTIMIZATION = True
@@ -92,13 +105,31 @@ def add_perforation_config(cfg: CN) -> None:
     _C.TEST.DSA.BEST_METRIC = "AUC"
     # Run the backbone once per frame and reuse it across overlapping clips at test time.
     _C.TEST.DSA.CACHED_SERIES_INFERENCE = True
-    # Series inference runs in strict FP32 on CUDA by default, so cached and per-clip results
-    # agree to 1e-4. True keeps PyTorch's TF32 instead: on an H200 at 640 px that took BiConvLSTM
-    # from 4.9 to 86 frames/s, with boxes then differing between the two paths by up to 5e-3 px.
+    # Arithmetic of series inference (predict, evaluation): "fp32" (strict, TF32 off; cached and
+    # per-clip results agree to 1e-4 on CUDA), "tf32" (TF32 tensor cores on CUDA: on an H200 at
+    # 640 px BiConvLSTM went from 4.9 to 86 frames/s, boxes then differing by up to 5e-3 px),
+    # "bf16" or "fp16" (autocast). See perforation_d2.modeling.precision.
+    _C.TEST.DSA.PRECISION = "fp32"
+    # Deprecated: True means TEST.DSA.PRECISION "tf32".
     _C.TEST.DSA.ALLOW_TF32 = False
+    # Time-use diagnostic (perforation_d2.data.clip_ablation): rebuild every test clip as "none"
+    # (as it is), "centre" (centre frame repeated), "reverse" or "shuffle" (context frames
+    # reordered). A model that uses the time course loses AUC without it; a single-frame model is
+    # unaffected. Test-time only; training clips are never ablated.
+    _C.TEST.DSA.CLIP_ABLATION = "none"
+    # Evaluate a temporal model under every clip ablation after training and in --eval-only, and
+    # write OUTPUT_DIR/time_use.json (AUC and sensitivity at 95% specificity per ablation), with
+    # each ablation's predictions under OUTPUT_DIR/inference/<dataset>/clip_<ablation>/.
+    _C.TEST.DSA.TIME_USE_DIAGNOSTIC = False
 
     # ---- cohorts ---------------------------------------------------------------------------
     _C.DATASETS.DSA = CN()
     # Extra cohort folders (each with cohort.json, optionally splits.json) registered at
     # config time, in addition to those found under $DETECTRON2_DATASETS.
     _C.DATASETS.DSA.COHORT_DIRS = []
+    # One cohort JSON (anywhere) registered as COHORT_NAME, with the folds of SPLITS_JSON as
+    # <COHORT_NAME>_fold{k}_train / _val (and _loco_<site>_*): how cross-validate's jobs name the
+    # split they train on without copying the cohort next to a splits.json.
+    _C.DATASETS.DSA.COHORT_JSON = ""
+    _C.DATASETS.DSA.SPLITS_JSON = ""
+    _C.DATASETS.DSA.COHORT_NAME = "cohort"

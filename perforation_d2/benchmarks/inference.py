@@ -1,10 +1,11 @@
 """The benchmark's "inference" section: cached series inference, measured as ratios in one run.
 
 For each temporal module at T = 5, one series is predicted by the same (random, seeded) model
-twice per round: with :class:`~.series_inference.SeriesPredictor` (backbone once per frame) and
-with :func:`~.series_inference.naive_predict_series` (one clip per frame through the model's own
-``forward``: the backbone runs T times per frame). Rounds alternate the two paths, so that both
-see the same machine load, and the median of the rounds is reported:
+twice per round: with :class:`~perforation_d2.modeling.series_inference.SeriesPredictor` (backbone
+once per frame) and with :func:`~perforation_d2.modeling.series_inference.naive_predict_series`
+(one clip per frame through the model's own ``forward``: the backbone runs T times per frame).
+Rounds alternate the paths (:func:`~.common.time_interleaved`), so that they see the same
+machine load, and the median of the per-round ratios is reported:
 
 * cached vs naive: time(naive) / time(cached), target >= 3x for TemporalConv and TemporalAttention;
 * per-frame cost: time(cached, temporal model) / time(cached, single-frame RetinaNet), target <=
@@ -26,8 +27,6 @@ paper's RetinaNet at 640 px on a GPU, the head's convolutions, the per-frame dec
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -35,11 +34,10 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from ..commands.benchmark import BenchRow
 from ..config import CONFIG_DIR, add_perforation_config
 from ..modeling.series_inference import SeriesPredictor, naive_predict_series
+from .common import BenchRow, synthetic_series, time_interleaved, without_grad
 
-CONFIG_DIR = CONFIG_DIR
 MODULES = ("TemporalConv", "TemporalAttention", "BiConvGRU", "BiConvLSTM")
 # Only these two carry targets (issue 5): the recurrent modules are reported for information.
 TARGETED = ("TemporalConv", "TemporalAttention")
@@ -67,51 +65,25 @@ def _model(cfg) -> torch.nn.Module:
     return build_model(cfg).eval()
 
 
-def _series(num_frames: int, size: int, seed: int = 0) -> np.ndarray:
-    """A DSA-like grey series: smooth background, a drifting dark vessel, noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    frames = []
-    for t in range(num_frames):
-        vessel = 80 * np.exp(-((np.sin(6 * xx + 0.2 * t) * 0.2 + 0.5 - yy) ** 2) / 0.001)
-        frames.append(150 + 30 * np.sin(3 * xx) * np.cos(2 * yy) - vessel + rng.normal(0, 5, (size, size)))
-    return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
+def series_sizes(args: argparse.Namespace) -> tuple[int, int, int, int]:
+    """(model frame size, series frames, series frame size, rounds) for ``--full-size``/``--quick``/default."""
+    if getattr(args, "full_size", False):
+        return 640, 30, 1024, 3
+    if getattr(args, "quick", False):
+        return 64, 8, 96, 1
+    return 128, 20, 256, 3
 
 
-def _timer(device: str) -> Callable[[Callable[[], object]], float]:
-    def timed(work: Callable[[], object]) -> float:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.no_grad():
-            work()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    return timed
-
-
-def _time_module(
-    model: torch.nn.Module,
-    single: SeriesPredictor,
-    series: np.ndarray,
-    frame_size: int,
-    batch: int,
-    rounds: int,
-    timed: Callable[[Callable[[], object]], float],
-) -> tuple[float, float, float]:
-    """Median seconds of (cached, naive, single-frame cached) over alternating rounds, after a warm-up."""
+def _predict_works(
+    model: torch.nn.Module, single: SeriesPredictor, series: np.ndarray, frame_size: int, batch: int
+) -> dict[str, Callable[[], object]]:
+    """Cached, naive and single-frame cached prediction of ``series``, without autograd."""
     cached = SeriesPredictor(model, frame_size, batch)
-    timed(lambda: cached(series))
-    timed(lambda: naive_predict_series(model, series, frame_size, batch))
-    times: tuple[list[float], list[float], list[float]] = ([], [], [])
-    for _ in range(rounds):
-        times[0].append(timed(lambda: cached(series)))
-        times[1].append(timed(lambda: naive_predict_series(model, series, frame_size, batch)))
-        times[2].append(timed(lambda: single(series)))
-    cached_s, naive_s, single_s = (statistics.median(t) for t in times)
-    return cached_s, naive_s, single_s
+    return {
+        "cached": without_grad(lambda: cached(series)),
+        "naive": without_grad(lambda: naive_predict_series(model, series, frame_size, batch)),
+        "single": without_grad(lambda: single(series)),
+    }
 
 
 def benchmark_inference(args: argparse.Namespace) -> list[BenchRow]:
@@ -132,30 +104,24 @@ def _benchmark(args: argparse.Namespace, device: str) -> list[BenchRow]:
     full_size = bool(getattr(args, "full_size", False))
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA GPU is available to PyTorch")
-    if full_size:
-        frame_size, num_frames, source_size, rounds = 640, 30, 1024, 3
-    elif getattr(args, "quick", False):
-        frame_size, num_frames, source_size, rounds = 64, 8, 96, 1
-    else:
-        frame_size, num_frames, source_size, rounds = 128, 20, 256, 3
+    frame_size, num_frames, source_size, rounds = series_sizes(args)
     batch = 4
     backbone = "ResNet50-FPN" if full_size else "quick ResNet18-FPN"
     where = device if device.startswith("cuda") else "cpu, 1 thread"
     how = (f"{backbone} at {frame_size} px, one {num_frames}-frame {source_size} px series, "
            f"{batch} centre frames per batch, median of {rounds} alternating rounds, {where}")
-    timed = _timer(device)
-    series = _series(num_frames, source_size)
+    series = synthetic_series(num_frames, source_size)
 
     single = SeriesPredictor(_model(_config(full_size, None, frame_size, device)), frame_size, batch)
-    timed(lambda: single(series))  # warm-up
     rows: list[BenchRow] = []
     fps_rows: list[BenchRow] = []
     for module in MODULES:
-        cached_s, naive_s, single_s = _time_module(
-            _model(_config(full_size, module, frame_size, device)), single, series, frame_size, batch, rounds, timed
-        )
+        model = _model(_config(full_size, module, frame_size, device))
+        works = _predict_works(model, single, series, frame_size, batch)
+        time_interleaved(works, 1, device)  # warm-up
+        times = time_interleaved(works, rounds, device)
         targeted = module in TARGETED
-        speedup, per_frame = naive_s / cached_s, cached_s / single_s
+        speedup, per_frame = times.ratio("naive", "cached"), times.ratio("cached", "single")
         rows.append(BenchRow(
             "inference", f"cached vs naive series inference, {module} T=5", speedup,
             target=f">= {SPEEDUP_TARGET:g}x" if targeted else "", met=(speedup >= SPEEDUP_TARGET) if targeted else None,
@@ -168,16 +134,17 @@ def _benchmark(args: argparse.Namespace, device: str) -> list[BenchRow]:
             note=f"time(cached, T=5) / time(cached, T=1 RetinaNet); {how}",
         ))
         if full_size:
-            fps = num_frames / cached_s
+            fps = num_frames / times.seconds("cached")
             fps_rows.append(BenchRow(
                 "inference", f"series inference frames/s, {module} T=5", fps, unit="frames/s",
                 target=f"> {PAPER_FPS:g} frames/s", met=fps > PAPER_FPS,
                 note=f"cached; paper: > 5 frames/s on an 11 GB GPU; {how}",
             ))
     if full_size:
+        single_only = {"single": works["single"]}  # the same single-frame predictor in every module's works
         fps_rows.insert(0, BenchRow(
-            "inference", "series inference frames/s, single-frame RetinaNet", num_frames / statistics.median(
-                [timed(lambda: single(series)) for _ in range(rounds)]), unit="frames/s", note=how,
+            "inference", "series inference frames/s, single-frame RetinaNet",
+            num_frames / time_interleaved(single_only, rounds, device).seconds("single"), unit="frames/s", note=how,
         ))
         rows += fps_rows
         if device.startswith("cuda"):
@@ -189,7 +156,7 @@ def _peak_memory_row(full_size: bool, frame_size: int, device: str, batch: int) 
     """Peak GPU memory of cached inference on a 60-frame 1024 px series (TemporalConv, T = 5)."""
     model = _model(_config(full_size, "TemporalConv", frame_size, device))
     predictor = SeriesPredictor(model, frame_size, batch)
-    series = _series(60, 1024, seed=1)
+    series = synthetic_series(60, 1024, seed=1)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():

@@ -1,66 +1,17 @@
 """``python -m perforation_d2 benchmark``: speed and memory targets as ratios measured in one run.
 
-These machines are noisy, so every figure is a ratio of two timings taken in the same process,
-one right after the other, never an absolute time checked against a constant. Each area of the
-package contributes a *section*: a function ``(args) -> list[BenchRow]`` named in ``SECTIONS``.
-The command prints one table and, with ``--write``, rewrites ``BENCHMARKS.md``.
+Runs the sections of :mod:`perforation_d2.benchmarks` asked for, prints one table and, with
+``--write``, writes it to a markdown file (``BENCHMARKS.md``).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib
-import os
-import platform
-from dataclasses import dataclass
 
-from ..io.atomic import atomic_write_text, check_outputs_free
-
-# section name -> "module:function"; run in this order.
-SECTIONS: dict[str, str] = {
-    "data": "perforation_d2.benchmarks.data:benchmark_data",
-    "training": "perforation_d2.benchmarks.training:benchmark_training",
-    "inference": "perforation_d2.benchmarks.inference:benchmark_inference",
-    "evaluator": "perforation_d2.benchmarks.evaluation:benchmark_evaluator",
-}
-
-
-@dataclass
-class BenchRow:
-    """One line of the benchmark table."""
-
-    section: str
-    measure: str
-    value: float  # a ratio (or a plain figure when ``unit`` says so)
-    unit: str = "x"
-    target: str = ""  # e.g. "<= 3x"; empty when the line is informative only
-    met: bool | None = None
-    note: str = ""  # what was compared with what, sizes, workers...
-
-    def cells(self) -> list[str]:
-        met = "" if self.met is None else ("yes" if self.met else "NO")
-        value = f"{self.value:.3g}" if abs(self.value) < 1000 else f"{self.value:.0f}"
-        return [self.section, self.measure, f"{value} {self.unit}".strip(), self.target, met, self.note]
-
-
-HEADER = ["section", "measure", "value", "target", "met", "how"]
-
-
-def machine_description() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    text = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}"
-    if torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name(0)}"
-    return text
-
-
-def markdown_table(rows: list[BenchRow]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in row.cells()) + " |" for row in rows]
-    return "\n".join(lines)
+from ..benchmarks import SECTIONS
+from ..benchmarks.common import BenchRow, machine_description, markdown_table
+from ..io.atomic import atomic_write_text, check_free
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,12 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.write:
         # Before the sections: a long run must not end in a refusal to write its table.
-        check_outputs_free([args.write], args.overwrite)
+        check_free(args.write, args.overwrite)
     rows: list[BenchRow] = []
     for name in args.sections:
-        module_name, func_name = SECTIONS[name].split(":")
-        func = getattr(importlib.import_module(module_name), func_name)
-        section_rows = func(args)
+        section_rows = SECTIONS[name](args)
         for row in section_rows:
             print(" | ".join(row.cells()), flush=True)
         rows.extend(section_rows)
@@ -97,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             "# Benchmarks\n\n"
             f"Produced by `python -m perforation_d2 benchmark` on {stamp}.\n\n"
             f"Machine: {machine_description()}.\n\n"
-            "Every ratio is two timings taken in the same run, one after the other.\n\n"
+            "Every ratio is the median over interleaved rounds of two timings taken in the same round.\n\n"
             f"{table}\n"
         )
         atomic_write_text(args.write, text, overwrite=args.overwrite)

@@ -15,17 +15,19 @@ subprocess, exactly as documented):
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from ..arguments import bounded_int, positive_int, seed
 from ..config import config_path
 from ..errors import DSAInputError
 from ..io.atomic import atomic_write_text
+from ..io.json_io import read_json
+from ..io.transaction import FolderClaim
 
 # (short name, display name, packaged quick config)
 MODELS: list[tuple[str, str, str]] = [
@@ -36,20 +38,26 @@ MODELS: list[tuple[str, str, str]] = [
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (data, models, report)")
-    parser.add_argument("--patients", type=int, default=150, help="synthetic patients (default 150)")
-    parser.add_argument("--size", type=int, default=128, help="frame size in pixels (default 128)")
-    parser.add_argument("--folds", type=int, default=3, help="patient-level folds; fold 0 is held out")
-    parser.add_argument("--iters", type=int, default=500, help="training iterations per model (default 500)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    parser.add_argument("--patients", type=positive_int, default=150, help="synthetic patients (default 150)")
+    parser.add_argument("--size", type=bounded_int(64, 2048, "a frame size in pixels (64 to 2048)"), default=128,
+                        help="frame size in pixels (default 128)")
+    parser.add_argument("--folds", type=bounded_int(2, 1000, "a number of folds (an integer >= 2)"), default=3,
+                        help="patient-level folds; fold 0 is held out")
+    parser.add_argument("--iters", type=bounded_int(0, 10**7, "a number of iterations"), default=500,
+                        help="training iterations per model (default 500)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of every step (0 to 2**32-1)")
+    # The bound of compare --bootstrap (the demo passes the value on to it).
+    parser.add_argument("--bootstrap", type=bounded_int(0, 100_000, "a resample count"), default=1000,
+                        help="bootstrap resamples for the CIs")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
 class _Steps:
     """Runs and times the demo's steps, echoing each command."""
 
-    def __init__(self, log_path: Path):
+    def __init__(self, log_path: Path, after_step: Callable[[], None]):
         self.log_path = log_path
+        self.after_step = after_step  # lists the step's files in the folder's marker
         self.timings: list[tuple[str, float]] = []
 
     def run(self, title: str, argv: list[str], env: dict[str, str] | None = None) -> None:
@@ -62,6 +70,7 @@ class _Steps:
         elapsed = time.perf_counter() - start
         self.timings.append((title, elapsed))
         print(f"   done in {elapsed:.0f} s", flush=True)
+        self.after_step()
         self._check(title, proc.returncode, self.log_path)
 
     def run_parallel(self, jobs: list[tuple[str, list[str]]], env: dict[str, str]) -> None:
@@ -86,6 +95,7 @@ class _Steps:
             if returncode != 0:
                 failures.append((title, returncode, log_path))
         print(f"   parallel steps took {time.perf_counter() - start:.0f} s", flush=True)
+        self.after_step()
         for title, returncode, log_path in failures:
             self._check(title, returncode, log_path)
 
@@ -98,24 +108,16 @@ class _Steps:
             )
 
 
-DEMO_MARKER = "demo.log"
-
-
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            raise DSAInputError(f"{out}: the output folder exists and is not empty; pass --overwrite to replace it.")
-        if not (out / DEMO_MARKER).is_file():
-            # --overwrite replaces an earlier demo's folder, never an arbitrary one.
-            raise DSAInputError(
-                f"{out}: the folder is not empty and holds no earlier demo output ({DEMO_MARKER}); "
-                "refusing to replace it even with --overwrite: choose a new or empty folder."
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # --overwrite removes only what an earlier demo run wrote (the folder's marker lists it).
+    with FolderClaim(out, "demo", args.overwrite) as claim:
+        return _run_steps(args, out, claim)
+
+
+def _run_steps(args: argparse.Namespace, out: Path, claim: FolderClaim) -> int:
     py = sys.executable
-    steps = _Steps(out / "demo.log")
+    steps = _Steps(out / "demo.log", claim.record)
     env = dict(os.environ)
     # The demo's cohort is passed explicitly; don't also pick up whatever ./datasets holds.
     env["DETECTRON2_DATASETS"] = str(out / "data")
@@ -166,6 +168,6 @@ def run(args: argparse.Namespace) -> int:
     from ..report.demo_report import temporal_verdict
 
     print(f"\nreport: {report}")
-    print(temporal_verdict(json.loads((compare_dir / "compare.json").read_text())))
+    print(temporal_verdict(read_json(compare_dir / "compare.json", "comparison report")))
     atomic_write_text(out / "DONE", "ok\n", overwrite=True)
     return 0

@@ -1,4 +1,4 @@
-"""``python -m perforation_d2 validate COHORT.json``: every check of SPEC section 1, every problem.
+"""``python -m perforation_d2 validate COHORT.json``: every check of a cohort, every problem listed.
 
 Exit status: 0 when the cohort is clean (its counts are printed), 1 when problems were found (one
 per line, then a summary), 2 when the file cannot be read or is not JSON (via the CLI's
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..data.cohort import cohort_counts, cohort_problems, default_image_root, read_cohort_json
+from ..errors import DSAInputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.image_root is not None and not Path(args.image_root).is_dir():
+        raise DSAInputError(f"{args.image_root}: --image-root must be an existing folder.")
     cohort = read_cohort_json(args.cohort)
     image_root = args.image_root or default_image_root(args.cohort)
     problems = cohort_problems(cohort, args.cohort, image_root, check_images=not args.skip_images)

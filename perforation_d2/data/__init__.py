@@ -1,10 +1,13 @@
 """The DSA cohort data layer: loading, validation, registration, clips and splits.
 
-Importing this package registers the cohorts found under ``$DETECTRON2_DATASETS`` (default
-``./datasets``, layout ``<name>/cohort.json``), like Detectron2's builtin datasets, validating
-their JSON but not stat-ing every frame file, so that the import stays cheap. The command
-modules (``synth``, ``prepare-dicom``, ``validate``, ``split``) are imported only when they run.
+Importing this package registers the names of the cohorts found under ``$DETECTRON2_DATASETS``
+(default ``./datasets``, layout ``<name>/cohort.json``), like Detectron2's builtin datasets, and
+lazily: a cohort's JSON is read and validated on the first ``DatasetCatalog.get`` of one of its
+names, so the import stays cheap in every command and DDP worker, and a broken cohort only logs a
+warning naming it.
 """
+
+import logging
 
 from .clip_transforms import ClipAffineTransform, DSAClipAugmentation
 from .cohort import cohort_problems, load_cohort, series_labels
@@ -31,4 +34,7 @@ __all__ = [
     "series_labels",
 ]
 
-register_cohorts_under(check_images=False)
+try:
+    register_cohorts_under(check_images=False)
+except Exception as _err:  # the import must never fail because of a dataset folder
+    logging.getLogger(__name__).warning(f"perforation_d2: cohorts under $DETECTRON2_DATASETS not registered: {_err}")

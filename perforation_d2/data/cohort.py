@@ -3,7 +3,8 @@
 ``load_cohort`` reads the JSON, runs every check of SPEC section 1 up front and returns the raw
 dict unchanged, so that everything downstream (registration, splits, evaluation) can index it
 without defensive code. ``cohort_problems`` lists *every* problem, each naming the offending ids,
-so that a user fixes a broken cohort in one pass instead of one error per run.
+so that a user fixes a broken cohort in one pass instead of one error per run. The field-level
+schema of one entry lives in :mod:`.schema`; the cross-references between entries are checked here.
 
 Frame files are given relative to the image root, which defaults to the folder of the JSON.
 """
@@ -12,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
-import math
 import os
 from collections import defaultdict
 from collections.abc import Iterator
@@ -22,100 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DSAInputError, format_problems
+from ..io.json_io import read_json
+from .schema import FrameFileChecker, check_entry, file_name_problem, is_int, shown
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
-
-# Required fields and their JSON types ("int" excludes booleans; "pos" = positive int).
-_VIDEO_FIELDS = {
-    "id": "int", "name": "str", "width": "pos", "height": "pos",
-    "patient_id": "str", "cohort": "str", "num_frames": "int",
-}
-_IMAGE_FIELDS = {
-    "id": "int", "file_name": "str", "video_id": "int", "frame_id": "int",
-    "width": "pos", "height": "pos",
-}
-_ANNOTATION_FIELDS = {"id": "int", "image_id": "int", "bbox": "box"}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _type_ok(value: Any, kind: str) -> bool:
-    if kind == "int":
-        return _is_int(value)
-    if kind == "pos":
-        return _is_int(value) and value > 0
-    if kind == "str":
-        return isinstance(value, str) and value != ""
-    # "box": four finite numbers
-    return (
-        isinstance(value, list)
-        and len(value) == 4
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-    )
-
-
-_KIND_TEXT = {
-    "int": "an integer", "pos": "a positive integer", "str": "a non-empty string",
-    "box": "a list of four finite numbers [x, y, w, h]",
-}
-
-
-def _number_ok(value: Any) -> bool:
-    kind = type(value)
-    return kind is int or (kind is float and value - value == 0)  # finite: inf - inf and nan are nan
-
-
-# Fast whole-entry checks (``type(v) is int`` also rejects booleans); only an entry that fails
-# one goes through the field-by-field check that words the problem. This keeps a 25,000-frame
-# cohort well under a second.
-def _video_ok(v: dict) -> bool:
-    return (type(v["id"]) is int and type(v["name"]) is str and v["name"] != ""
-            and type(v["width"]) is int and v["width"] > 0 and type(v["height"]) is int and v["height"] > 0
-            and type(v["patient_id"]) is str and v["patient_id"] != "" and type(v["cohort"]) is str
-            and v["cohort"] != "" and type(v["num_frames"]) is int)
-
-
-def _image_ok(i: dict) -> bool:
-    return (type(i["id"]) is int and type(i["file_name"]) is str and i["file_name"] != ""
-            and type(i["video_id"]) is int and type(i["frame_id"]) is int
-            and type(i["width"]) is int and i["width"] > 0 and type(i["height"]) is int and i["height"] > 0)
-
-
-def _annotation_ok(a: dict) -> bool:
-    box = a["bbox"]
-    return (type(a["id"]) is int and type(a["image_id"]) is int and type(box) is list and len(box) == 4
-            and _number_ok(box[0]) and _number_ok(box[1]) and _number_ok(box[2]) and _number_ok(box[3]))
-
-
-_FAST_CHECKS = {"video": _video_ok, "image": _image_ok, "annotation": _annotation_ok}
-
-
-def _check_fields(entry: Any, fields: dict[str, str], what: str, index: int, problems: list[str]) -> bool:
-    """Append a problem per missing or mistyped field; True when the entry is fully usable."""
-    if type(entry) is dict:
-        try:
-            if _FAST_CHECKS[what](entry):
-                return True
-        except (KeyError, TypeError):
-            pass
-    if not isinstance(entry, dict):
-        problems.append(f"{what} #{index} is not a JSON object")
-        return False
-    ident = entry.get("id")
-    label = f"{what} id {ident}" if _is_int(ident) else f"{what} #{index}"
-    ok = True
-    for key, kind in fields.items():
-        if key not in entry:
-            problems.append(f"{label}: missing key '{key}'")
-            ok = False
-        elif not _type_ok(entry[key], kind):
-            problems.append(f"{label}: '{key}' must be {_KIND_TEXT[kind]}, got {entry[key]!r}")
-            ok = False
-    return ok
 
 
 def _id_list(ids: list[int], limit: int = 10) -> str:
@@ -141,27 +52,77 @@ def gc_paused() -> Iterator[None]:
 
 
 def read_cohort_json(json_file: PathLike) -> Any:
-    """Parse the cohort file; an unreadable or non-JSON file raises :class:`DSAInputError`."""
-    try:
-        with open(json_file, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise DSAInputError(f"{json_file}: the cohort file does not exist.") from None
-    except IsADirectoryError:
-        raise DSAInputError(
-            f"{json_file}: is a folder, not a cohort JSON file (pass the folder's cohort.json)."
-        ) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DSAInputError(f"{json_file}: cannot read the cohort file ({err}).") from None
-    except json.JSONDecodeError as err:
-        raise DSAInputError(
-            f"{json_file}: is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
-            "a cohort is a COCO-video JSON file (SPEC section 1)."
-        ) from None
+    """Parse the cohort file; a missing, unreadable or non-JSON file raises :class:`DSAInputError`."""
+    return read_json(json_file, "cohort file", "A cohort is a COCO-video JSON file with 'videos', 'images' and 'annotations'.")
 
 
 def default_image_root(json_file: PathLike) -> Path:
     return Path(json_file).resolve().parent
+
+
+def _missing_frame_ids(present: list[int], count: int, limit: int = 10) -> tuple[list[int], int]:
+    """The first ``limit`` missing frame numbers of ``0 .. max(present[-1], count - 1)`` and how many
+    are missing in all, from the sorted non-negative ``present``: linear in ``len(present)``
+    however large the numbers are (never a ``range`` up to the largest)."""
+    top = max(present[-1] if present else -1, count - 1)
+    missing_total = top + 1 - len(present)
+    first: list[int] = []
+    expected = 0
+    for frame_id in [*present, top + 1]:
+        while expected < frame_id and len(first) < limit:
+            first.append(expected)
+            expected += 1
+        if len(first) >= limit:
+            break
+        expected = frame_id + 1
+    return first, missing_total
+
+
+def _frame_list(first: list[int], total: int) -> str:
+    text = ", ".join(str(i) for i in first)
+    return text + (f", ... ({total} in all)" if total > len(first) else "")
+
+
+def _unique_entries(section: list, what: str, by_id: dict[int, dict], problems: list[str]) -> Iterator[tuple[int, dict, bool]]:
+    """``(id, entry, complete)`` for each entry of ``section`` with a usable id not seen before, which
+    is kept in ``by_id`` even when another field is bad: one bad field is then reported once, not
+    again as "unknown id" on every entry that refers to it."""
+    for index, entry in enumerate(section):
+        complete = check_entry(entry, what, index, problems)
+        ident = entry.get("id") if isinstance(entry, dict) else None
+        if not is_int(ident):
+            continue
+        if ident in by_id:
+            problems.append(f"duplicate {what} id {ident}")
+            continue
+        by_id[ident] = entry
+        yield ident, entry, complete
+
+
+def _check_frames(vid: int, video: dict, frames: dict[int, list[int]], complete: bool, problems: list[str]) -> None:
+    """Frame numbering of one video: unique, contiguous from 0, as many as ``num_frames`` says."""
+    if not frames:
+        problems.append(f"video id {vid}: has no frames (no image refers to it)")
+        return
+    frame_problem = False
+    for frame_id, ids in sorted(frames.items()):
+        if len(ids) > 1:
+            problems.append(f"video id {vid}: duplicate frame_id {frame_id} (image ids {_id_list(ids)})")
+            frame_problem = True
+    count = len(frames)
+    if min(frames) != 0 or max(frames) != count - 1:
+        present = sorted(f for f in frames if f >= 0)
+        negative = sorted(f for f in frames if f < 0)
+        first, total = _missing_frame_ids(present, count)
+        detail = f"missing frame_id {_frame_list(first, total)}" if total else ""
+        if negative:
+            detail += ("; " if detail else "") + f"negative frame_id {_id_list(negative)}"
+        problems.append(f"video id {vid}: frame_id not contiguous from 0 ({detail})")
+        frame_problem = True
+    num_images = sum(len(ids) for ids in frames.values())
+    # A wrong num_frames is only worth a line of its own when the frames themselves are fine.
+    if complete and not frame_problem and video["num_frames"] != num_images:
+        problems.append(f"video id {vid}: num_frames is {video['num_frames']} but it has {num_images} frames")
 
 
 def cohort_problems(
@@ -173,7 +134,9 @@ def cohort_problems(
     """Every problem of ``cohort`` (as parsed from ``json_file``), each naming the offending ids.
 
     An empty list means the cohort is valid. ``image_root`` defaults to the JSON's folder;
-    ``check_images=False`` skips the existence check of the frame files.
+    ``check_images=False`` skips the checks that stat the frame files (that each exists, is a file
+    and lies inside the image root, also through symbolic links). Time and memory are linear in
+    the size of the cohort, whatever the numbers in it say.
     """
     if not isinstance(cohort, dict):
         return [f"the top level must be a JSON object with 'videos', 'images' and 'annotations', "
@@ -192,56 +155,31 @@ def cohort_problems(
     categories = cohort.get("categories")
     if categories is not None and not (
         isinstance(categories, list)
-        and any(isinstance(c, dict) and c.get("id") == 1 for c in categories)
+        and any(isinstance(c, dict) and is_int(c.get("id")) and c["id"] == 1 for c in categories)
     ):
         problems.append("'categories' must list {\"id\": 1, \"name\": \"perforation\"}")
 
-    # Entries with a usable id stay known even when another field is bad, so that one bad
-    # field is reported once, not again as "unknown id" on every frame that refers to it.
-    videos: dict[int, dict] = {}
-    complete_videos: set[int] = set()
     if not sections["videos"] and "videos" in cohort:
         problems.append("the cohort is empty: 'videos' lists no series")
-    for index, video in enumerate(sections["videos"]):
-        complete = _check_fields(video, _VIDEO_FIELDS, "video", index, problems)
-        vid = video.get("id") if isinstance(video, dict) else None
-        if not _is_int(vid):
-            continue
-        if vid in videos:
-            problems.append(f"duplicate video id {vid}")
-            continue
-        videos[vid] = video
-        if not complete:
-            continue
-        complete_videos.add(vid)
-        label = video.get("label")
-        if label is not None and (not _is_int(label) or label not in (0, 1)):
-            problems.append(f"video id {vid}: 'label' must be 0 or 1 when present, got {label!r}")
-        frame_time = video.get("frame_time_ms")
-        if frame_time is not None and not (
-            isinstance(frame_time, (int, float)) and not isinstance(frame_time, bool)
-            and math.isfinite(frame_time) and frame_time > 0
-        ):
-            problems.append(f"video id {vid}: 'frame_time_ms' must be a positive number or null, got {frame_time!r}")
+    videos: dict[int, dict] = {}
+    complete_videos = {vid for vid, _, complete in _unique_entries(sections["videos"], "video", videos, problems)
+                       if complete}
 
     root = Path(image_root) if image_root is not None else default_image_root(json_file)
+    files = FrameFileChecker(root) if check_images else None
     images: dict[int, dict] = {}
     complete_images: set[int] = set()
     frames_of: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
-    missing_files: list[str] = []
-    for index, image in enumerate(sections["images"]):
-        complete = _check_fields(image, _IMAGE_FIELDS, "image", index, problems)
-        iid = image.get("id") if isinstance(image, dict) else None
-        if not _is_int(iid):
-            continue
-        if iid in images:
-            problems.append(f"duplicate image id {iid}")
-            continue
-        images[iid] = image
+    file_problems: list[str] = []
+    for iid, image, complete in _unique_entries(sections["images"], "image", images, problems):
         if not complete:
             continue
-        complete_images.add(iid)
         vid = image["video_id"]
+        bad_name = file_name_problem(image["file_name"])
+        if bad_name:
+            problems.append(f"image id {iid}: {bad_name}")
+        else:
+            complete_images.add(iid)
         video = videos.get(vid)
         if video is None:
             problems.append(f"image id {iid}: unknown video_id {vid}")
@@ -252,38 +190,30 @@ def cohort_problems(
                     f"image id {iid} (video {vid}): size {image['width']}x{image['height']} differs "
                     f"from its video's {video['width']}x{video['height']}"
                 )
-        if check_images and not os.path.exists(os.path.join(root, image["file_name"])):
-            missing_files.append(f"image id {iid} (video {vid}, frame {image['frame_id']}): missing image "
-                                 f"file {os.path.join(root, image['file_name'])}")
+        if files is not None and not bad_name:
+            problem = files.problem(image["file_name"])
+            if problem:
+                file_problems.append(f"image id {iid} (video {vid}, frame {image['frame_id']}): {problem}")
 
     for vid, video in videos.items():
-        frames = frames_of.get(vid, {})
-        if not frames:
-            problems.append(f"video id {vid}: has no frames (no image refers to it)")
-            continue
-        frame_problem = False
-        for frame_id, ids in sorted(frames.items()):
-            if len(ids) > 1:
-                problems.append(f"video id {vid}: duplicate frame_id {frame_id} (image ids {_id_list(ids)})")
-                frame_problem = True
-        count = len(frames)
-        if min(frames) != 0 or max(frames) != count - 1:
-            gaps = sorted(set(range(max(max(frames), count - 1) + 1)) - set(frames))
-            negative = sorted(f for f in frames if f < 0)
-            detail = f"missing frame_id {_id_list(gaps)}" if gaps else ""
-            if negative:
-                detail += ("; " if detail else "") + f"negative frame_id {_id_list(negative)}"
-            problems.append(f"video id {vid}: frame_id not contiguous from 0 ({detail})")
-            frame_problem = True
-        num_images = sum(len(ids) for ids in frames.values())
-        # A wrong num_frames is only worth a line of its own when the frames themselves are fine.
-        if vid in complete_videos and not frame_problem and video["num_frames"] != num_images:
-            problems.append(f"video id {vid}: num_frames is {video['num_frames']} but it has {num_images} frames")
+        _check_frames(vid, video, frames_of.get(vid, {}), vid in complete_videos, problems)
 
+    boxes_of = _check_annotations(sections["annotations"], images, complete_images, videos, problems)
+    for vid, video in videos.items():
+        if vid in complete_videos and video.get("label") == 0 and boxes_of.get(vid):
+            # Legal (SPEC section 1: the label wins); worth a note since it is usually a slip.
+            logger.warning(f"{json_file}: video id {vid} has label 0 but {boxes_of[vid]} box(es); it counts as negative")
+    return problems + file_problems
+
+
+def _check_annotations(
+    section: list, images: dict[int, dict], complete_images: set[int], videos: dict[int, dict], problems: list[str]
+) -> dict[int, int]:
+    """Check every annotation against its image; returns the number of boxes per video."""
     annotation_ids: set[int] = set()
     boxes_of: dict[int, int] = defaultdict(int)
-    for index, ann in enumerate(sections["annotations"]):
-        if not _check_fields(ann, _ANNOTATION_FIELDS, "annotation", index, problems):
+    for index, ann in enumerate(section):
+        if not check_entry(ann, "annotation", index, problems):
             continue
         aid, iid = ann["id"], ann["image_id"]
         if aid in annotation_ids:
@@ -297,16 +227,19 @@ def cohort_problems(
         if iid not in complete_images:
             continue
         vid = image["video_id"]
-        if "video_id" in ann and ann["video_id"] != vid and vid in videos:
-            known = "" if ann["video_id"] in videos else " (an unknown video id)"
+        claimed = ann.get("video_id")
+        if is_int(claimed) and claimed != vid and vid in videos:
+            known = "" if claimed in videos else " (an unknown video id)"
             problems.append(
-                f"annotation id {aid}: video_id {ann['video_id']!r}{known} disagrees with its image "
+                f"annotation id {aid}: video_id {claimed}{known} disagrees with its image "
                 f"{iid}, which belongs to video {vid}"
             )
-        if ann.get("category_id", 1) != 1:
-            problems.append(f"annotation id {aid}: category_id must be 1 (perforation), got {ann['category_id']!r}")
-        if ann.get("iscrowd", 0) != 0:
-            problems.append(f"annotation id {aid}: iscrowd must be 0, got {ann['iscrowd']!r}")
+        category = ann.get("category_id", 1)
+        if not (is_int(category) and category == 1):
+            problems.append(f"annotation id {aid}: category_id must be 1 (perforation), got {shown(category)}")
+        crowd = ann.get("iscrowd", 0)
+        if not (is_int(crowd) and crowd == 0):
+            problems.append(f"annotation id {aid}: iscrowd must be 0, got {shown(crowd)}")
         x, y, w, h = ann["bbox"]
         if w <= 0 or h <= 0:
             problems.append(f"annotation id {aid} (image {iid}): non-positive box size {w}x{h}")
@@ -316,12 +249,7 @@ def cohort_problems(
                 f"{image['width']}x{image['height']} image"
             )
         boxes_of[vid] += 1
-
-    for vid, video in videos.items():
-        if vid in complete_videos and video.get("label") == 0 and boxes_of.get(vid):
-            # Legal (SPEC section 1: the label wins); worth a note since it is usually a slip.
-            logger.warning(f"{json_file}: video id {vid} has label 0 but {boxes_of[vid]} box(es); it counts as negative")
-    return problems + missing_files
+    return boxes_of
 
 
 def load_cohort(json_file: PathLike, image_root: PathLike | None = None, check_images: bool = True) -> dict:

@@ -31,7 +31,7 @@ from detectron2.data import detection_utils as utils
 from ..errors import DSAInputError
 from .clip_transforms import ClipAffineTransform, DSAClipAugmentation
 
-__all__ = ["DSAClipMapper", "FrameCache", "clip_indices", "read_grey_frame"]
+__all__ = ["DSAClipMapper", "FrameCache", "check_frame_size", "check_input_config", "clip_indices", "read_grey_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,39 @@ def check_clip_length(num_frames: int) -> int:
     return num_frames
 
 
+MAX_FRAME_SIZE = 4096  # a clip of T frames of this side is already T x 16 MiB per channel
+
+
+def check_frame_size(frame_size: int) -> int:
+    if isinstance(frame_size, bool) or not isinstance(frame_size, int) or not 1 <= frame_size <= MAX_FRAME_SIZE:
+        raise DSAInputError(
+            f"config INPUT.FRAME_SIZE = {frame_size!r} is not a valid frame size: frames are resized to "
+            f"FRAME_SIZE x FRAME_SIZE pixels, so use a positive integer up to {MAX_FRAME_SIZE} (640 in the paper)."
+        )
+    return frame_size
+
+
+def _check_augmentation(aug_cfg) -> None:
+    for key in ("HFLIP_PROB", "SHIFT_PROB", "SCALE_PROB", "ROTATE_PROB"):
+        if not 0.0 <= aug_cfg[key] <= 1.0:
+            raise DSAInputError(f"config INPUT.DSA_AUG.{key} = {aug_cfg[key]!r} must be a probability in [0, 1].")
+    if not (0.0 < aug_cfg.SHIFT_LIMIT < 1.0 and 0.0 <= aug_cfg.SCALE_LIMIT < 1.0
+            and 0.0 <= aug_cfg.ROTATE_LIMIT <= 180.0):
+        raise DSAInputError(
+            "config INPUT.DSA_AUG limits out of range: SHIFT_LIMIT must be in (0, 1), "
+            "SCALE_LIMIT in [0, 1), ROTATE_LIMIT in [0, 180] degrees "
+            f"(got {aug_cfg.SHIFT_LIMIT}, {aug_cfg.SCALE_LIMIT}, {aug_cfg.ROTATE_LIMIT})."
+        )
+
+
+def check_input_config(cfg) -> None:
+    """The clip settings of ``cfg`` (clip length, frame size, augmentation ranges), each bad value
+    one :class:`DSAInputError` paragraph: for a command to call before any work starts."""
+    check_clip_length(cfg.MODEL.TEMPORAL.NUM_FRAMES)
+    check_frame_size(cfg.INPUT.FRAME_SIZE)
+    _check_augmentation(cfg.INPUT.DSA_AUG)
+
+
 class DSAClipMapper:
     """Map one frame's dataset dict to ``{"image": uint8 (T, 3, S, S), "instances", ...}``.
 
@@ -130,9 +163,7 @@ class DSAClipMapper:
     ):
         self.is_train = is_train
         self.num_frames = check_clip_length(num_frames)
-        if isinstance(frame_size, bool) or not isinstance(frame_size, int) or frame_size < 1:
-            raise DSAInputError(f"config INPUT.FRAME_SIZE = {frame_size!r} must be a positive integer (pixels).")
-        self.frame_size = frame_size
+        self.frame_size = check_frame_size(frame_size)
         self.augmentation = augmentation
         self.cache = FrameCache(int(cache_mb * 2**20))
         mode = "training" if is_train else "inference"
@@ -140,18 +171,9 @@ class DSAClipMapper:
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> dict:
-        aug_cfg = cfg.INPUT.DSA_AUG
-        if is_train and aug_cfg.ENABLED:
-            for key in ("HFLIP_PROB", "SHIFT_PROB", "SCALE_PROB", "ROTATE_PROB"):
-                if not 0.0 <= aug_cfg[key] <= 1.0:
-                    raise DSAInputError(f"config INPUT.DSA_AUG.{key} = {aug_cfg[key]!r} must be a probability in [0, 1].")
-            if not (0.0 < aug_cfg.SHIFT_LIMIT < 1.0 and 0.0 <= aug_cfg.SCALE_LIMIT < 1.0
-                    and 0.0 <= aug_cfg.ROTATE_LIMIT <= 180.0):
-                raise DSAInputError(
-                    "config INPUT.DSA_AUG limits out of range: SHIFT_LIMIT must be in (0, 1), "
-                    "SCALE_LIMIT in [0, 1), ROTATE_LIMIT in [0, 180] degrees "
-                    f"(got {aug_cfg.SHIFT_LIMIT}, {aug_cfg.SCALE_LIMIT}, {aug_cfg.ROTATE_LIMIT})."
-                )
+        check_frame_size(cfg.INPUT.FRAME_SIZE)  # before the augmentation is built from it
+        if is_train and cfg.INPUT.DSA_AUG.ENABLED:
+            _check_augmentation(cfg.INPUT.DSA_AUG)
             augmentation = DSAClipAugmentation.from_config(cfg)
         else:
             augmentation = None

@@ -1,14 +1,15 @@
 """Registering cohorts (and their splits) with Detectron2's ``DatasetCatalog`` / ``MetadataCatalog``.
 
 A registered cohort is one dataset dict per frame (see ``docs/ARCHITECTURE.md``, "Dataset
-dicts"). The cohort is validated once, when it is registered, so a broken cohort fails right
-there with every problem listed, not in the middle of training.
+dicts"). The cohort is validated once for all its names: when it is registered explicitly (so a
+broken cohort fails right there with every problem listed, not in the middle of training), or,
+for the cohorts found under ``$DETECTRON2_DATASETS``, on the first ``DatasetCatalog.get``.
 
 Cohorts laid out as ``$DETECTRON2_DATASETS/<name>/cohort.json`` (frames relative to
-``<name>/``, optionally ``<name>/splits.json`` from the ``split`` command) are registered when
-``perforation_d2`` is imported (without the frame-file existence check, see
-:func:`register_cohorts_under`), under ``<name>``, ``<name>_fold{k}_train`` / ``_val`` and
-``<name>_loco_<heldout>_train`` / ``_val``. See ``datasets/README.md``.
+``<name>/``, optionally ``<name>/splits.json`` from the ``split`` command) are registered lazily
+when ``perforation_d2`` is imported (see :func:`register_cohorts_under`), under ``<name>``,
+``<name>_fold{k}_train`` / ``_val`` and ``<name>_loco_<heldout>_train`` / ``_val``. See
+``datasets/README.md``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from pathlib import Path
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from ..errors import DSAInputError, format_problems
-from .cohort import PathLike, frames_by_video, gc_paused, load_cohort, read_cohort_json
+from ..errors import DSAInputError
+from .cohort import PathLike, frames_by_video, gc_paused, load_cohort
+from .cohort_writer import COHORT_FILE
+from .splits import SPLITS_FILE, Splits, read_splits
 
 __all__ = [
     "COHORT_FILE",
@@ -36,9 +39,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-COHORT_FILE = "cohort.json"
-SPLITS_FILE = "splits.json"
 
 
 def cohort_dataset_dicts(cohort: dict, image_root: PathLike, video_ids: Iterable[int] | None = None) -> list[dict]:
@@ -80,8 +80,33 @@ def _dataset_dicts(cohort: dict, image_root: PathLike, video_ids: Iterable[int] 
     return dicts
 
 
-def _register(name: str, cohort: dict, json_file: Path, image_root: Path, video_ids: list[int] | None) -> None:
-    """Register (or re-register, for the same files) one dataset name; idempotent."""
+class _CohortSource:
+    """One cohort file, read and validated once, when a dataset name of it is first needed.
+
+    ``DatasetCatalog.get`` of any of its names (the cohort, its folds) reads it; the fold names also
+    check the splits against it (once). Problems raise :class:`DSAInputError` there, naming the file.
+    """
+
+    def __init__(self, json_path: Path, image_root: Path, check_images: bool, splits: Splits | None = None):
+        self.json_path, self.image_root, self.check_images, self.splits = json_path, image_root, check_images, splits
+        self._cohort: dict | None = None
+        self._splits_checked = False
+
+    def cohort(self, with_splits: bool = False) -> dict:
+        if self._cohort is None:
+            self._cohort = load_cohort(self.json_path, self.image_root, self.check_images)
+        if with_splits and self.splits is not None and not self._splits_checked:
+            self.splits.check_cohort(self._cohort)
+            self._splits_checked = True
+        return self._cohort
+
+    def dataset_dicts(self, video_ids: list[int] | None) -> list[dict]:
+        return cohort_dataset_dicts(self.cohort(with_splits=video_ids is not None), self.image_root, video_ids)
+
+
+def _register(name: str, source: _CohortSource, video_ids: list[int] | None = None) -> None:
+    """Register (or re-register, for the same files) one dataset name; idempotent. Reads nothing."""
+    json_file, image_root = source.json_path, source.image_root
     if name in DatasetCatalog.list():
         meta = MetadataCatalog.get(name)
         if meta.get("json_file") != str(json_file) or meta.get("image_root") != str(image_root):
@@ -91,7 +116,7 @@ def _register(name: str, cohort: dict, json_file: Path, image_root: Path, video_
             )
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, lambda: cohort_dataset_dicts(cohort, image_root, video_ids))
+    DatasetCatalog.register(name, lambda: source.dataset_dicts(video_ids))
     metadata = {"json_file": str(json_file), "image_root": str(image_root), "evaluator_type": "dsa_series"}
     if video_ids is not None:
         # The evaluator scores only these series of the cohort file.
@@ -110,9 +135,9 @@ def register_dsa_cohort(name: str, json_file: PathLike, image_root: PathLike | N
     ``image_root`` defaults to the folder of ``json_file``. Registering the same name again for
     the same files re-validates and replaces it; for other files it is an error.
     """
-    json_path, root = _paths(json_file, image_root)
-    cohort = load_cohort(json_path, root)
-    _register(name, cohort, json_path, root, None)
+    source = _CohortSource(*_paths(json_file, image_root), check_images=True)
+    source.cohort()
+    _register(name, source)
 
 
 def safe_name(text: str) -> str:
@@ -121,52 +146,21 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", text)
 
 
-def _split_problems(splits: object, cohort: dict) -> list[str]:
-    if not isinstance(splits, dict) or not isinstance(splits.get("folds"), list):
-        return ["not a splits file: expected a JSON object with a 'folds' list (written by the split command)"]
-    known = {video["id"] for video in cohort["videos"]}
-    problems = []
-    entries = [("fold", f) for f in splits["folds"]] + [("loco", e) for e in splits.get("loco") or []]
-    for kind, entry in entries:
-        label = f"{kind} {entry.get('fold', entry.get('heldout'))}" if isinstance(entry, dict) else kind
-        if not isinstance(entry, dict) or ("fold" if kind == "fold" else "heldout") not in entry:
-            problems.append(f"{label}: malformed entry")
-            continue
-        sides = {}
-        for side in ("train_video_ids", "val_video_ids"):
-            ids = entry.get(side)
-            if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-                problems.append(f"{label}: '{side}' must be a list of video ids")
-                ids = []
-            unknown = sorted(set(ids) - known)
-            if unknown:
-                problems.append(f"{label}: {side} names video ids {unknown[:10]} that the cohort does not have")
-            sides[side] = set(ids)
-        overlap = sorted(sides["train_video_ids"] & sides["val_video_ids"])
-        if overlap:
-            problems.append(f"{label}: video ids {overlap[:10]} are both in train and val")
-    covered = set().union(*(set(f.get("val_video_ids") or []) for f in splits["folds"] if isinstance(f, dict)))
-    uncovered = sorted(known - covered)
-    if splits["folds"] and uncovered:
-        problems.append(f"video ids {uncovered[:10]} of the cohort are in no validation fold "
-                        "(the cohort changed since the split; run the split command again)")
-    return problems
-
-
-def _register_splits(splits_json: Path, cohort_name: str, cohort: dict, json_path: Path, root: Path) -> list[str]:
-    splits = read_cohort_json(splits_json)
-    problems = _split_problems(splits, cohort)
-    if problems:
-        raise DSAInputError(format_problems(str(splits_json), problems))
-    names = []
-    parts = [(f"fold{fold['fold']}", fold) for fold in splits["folds"]]
-    parts += [(f"loco_{safe_name(str(entry['heldout']))}", entry) for entry in splits.get("loco") or []]
-    for suffix, entry in parts:
-        for side in ("train", "val"):
-            name = f"{cohort_name}_{suffix}_{side}"
-            _register(name, cohort, json_path, root, sorted(entry[f"{side}_video_ids"]))
-            names.append(name)
-    return names
+def _register_splits(cohort_name: str, source: _CohortSource) -> list[str]:
+    """Register the train and val names of every split of ``source.splits``; returns them."""
+    assert source.splits is not None
+    parts: dict[str, list[int]] = {}
+    for split in source.splits.all:
+        suffix = f"fold{split.key}" if split.kind == "fold" else f"loco_{safe_name(str(split.key))}"
+        for part in ("train", "val"):
+            name = f"{cohort_name}_{suffix}_{part}"
+            if name in parts:
+                raise DSAInputError(f"{source.splits.path}: held-out cohorts whose names differ only in "
+                                    f"punctuation give the same dataset name '{name}'; rename one of them.")
+            parts[name] = sorted(split.video_ids(part))
+    for name, video_ids in parts.items():
+        _register(name, source, video_ids)
+    return list(parts)
 
 
 def register_dsa_splits(
@@ -177,48 +171,62 @@ def register_dsa_splits(
     Returns the registered names. The splits must match the cohort (every id known, every
     series in one validation fold), else :class:`DSAInputError`.
     """
-    json_path, root = _paths(json_file, image_root)
-    cohort = load_cohort(json_path, root)
-    return _register_splits(Path(splits_json), cohort_name, cohort, json_path, root)
+    source = _CohortSource(*_paths(json_file, image_root), check_images=True)
+    source.splits = read_splits(splits_json, source.cohort())
+    return _register_splits(cohort_name, source)
 
 
-def register_cohort_dir(folder: PathLike, name: str | None = None, check_images: bool = True) -> list[str]:
+def register_cohort_dir(
+    folder: PathLike, name: str | None = None, check_images: bool = True, lazy: bool = False
+) -> list[str]:
     """Register ``folder/cohort.json`` as ``name`` (default: the folder's name) and its ``splits.json``.
 
     The cohort is validated once for all the names (``check_images=False`` skips the existence
-    check of every frame file, the slow part on a large cohort). Returns the registered names.
+    check of every frame file, the slow part on a large cohort): right away, or with ``lazy`` on
+    the first ``DatasetCatalog.get`` of one of them (only the small splits file is read now, for
+    the fold names). Returns the registered names.
     """
     folder = Path(folder).resolve()
     name = name or folder.name
-    json_path = folder / COHORT_FILE
-    cohort = load_cohort(json_path, folder, check_images)
-    _register(name, cohort, json_path, folder, None)
-    names = [name]
-    if (folder / SPLITS_FILE).exists():
-        names += _register_splits(folder / SPLITS_FILE, name, cohort, json_path, folder)
-    return names
+    source = _CohortSource(folder / COHORT_FILE, folder, check_images)
+    splits_file = folder / SPLITS_FILE
+    has_splits = splits_file.exists()
+    if lazy:
+        try:
+            source.splits = read_splits(splits_file) if has_splits else None
+        except DSAInputError as err:
+            logger.warning(f"perforation_d2: the folds of {folder} are not registered: {err}")
+    else:
+        source.splits = read_splits(splits_file, source.cohort()) if has_splits else None
+    _register(name, source)
+    return [name] + (_register_splits(name, source) if source.splits is not None else [])
 
 
 def register_cohorts_under(root: PathLike | None = None, check_images: bool = True) -> list[str]:
-    """Register every ``<root>/<name>/cohort.json`` not registered yet; returns the new names.
+    """Register the names of every ``<root>/<name>/cohort.json`` not registered yet; returns them.
 
     ``root`` defaults to ``$DETECTRON2_DATASETS`` (else ``./datasets``), as Detectron2's builtin
     datasets. Called on ``import perforation_d2`` (in every command and DDP worker) with
-    ``check_images=False``, so that importing stays cheap: the JSON is fully validated but frame
-    files are not stat-ed (a missing frame fails when it is read, naming the file; the
-    ``validate`` command or an explicit ``register_*`` call checks them all up front). A broken
-    cohort only logs a warning naming the file (register it explicitly to get the error).
+    ``check_images=False``. Registration is lazy, as Detectron2's own: the cohort JSON is read and
+    validated on the first ``DatasetCatalog.get`` of one of its names (raising the usual
+    paragraph there), and frame files are not stat-ed (a missing frame fails when it is read,
+    naming the file; the ``validate`` command or an explicit ``register_*`` call checks them all up
+    front). Any failure of one cohort folder here only logs a warning naming it: a broken cohort
+    never stops a command that does not use it.
     """
     root = Path(os.path.expanduser(root if root is not None else os.getenv("DETECTRON2_DATASETS", "datasets")))
-    if not root.is_dir():
+    names: list[str] = []
+    try:
+        entries = sorted(root.iterdir()) if root.is_dir() else []
+    except OSError as err:
+        logger.warning(f"perforation_d2: cannot list the cohorts under {root}: {err}")
         return []
     registered = set(DatasetCatalog.list())
-    names: list[str] = []
-    for folder in sorted(p for p in root.iterdir() if (p / COHORT_FILE).is_file()):
-        if folder.name in registered:
-            continue
+    for folder in entries:
         try:
-            names += register_cohort_dir(folder, check_images=check_images)
-        except DSAInputError as err:
+            if folder.name in registered or not (folder / COHORT_FILE).is_file():
+                continue
+            names += register_cohort_dir(folder, check_images=check_images, lazy=True)
+        except Exception as err:  # any failure of one cohort (not only DSAInputError) is a warning
             logger.warning(f"perforation_d2: datasets of {folder} not registered: {err}")
     return names

@@ -2,8 +2,9 @@
 
 from .checkpoint import SafeDetectionCheckpointer, safe_pickle_load, safe_torch_load
 from .determinism import seed_all
-from .hooks import OPERATING_POINT_FILE, FinalCheckpointer, OperatingPoint, ResumableBestCheckpointer
+from .hooks import FinalCheckpointer, ResumableBestCheckpointer
 from .lr_scheduler import ExponentialWarmupParamScheduler, build_lr_multiplier, build_lr_scheduler
+from .operating_point import OPERATING_POINT_FILE, OperatingPoint
 from .train_loop import NonFiniteLossError, batch_sample_ids
 from .trainer import Trainer, build_config, evaluate_checkpoint, prepare_launch, setup
 

@@ -41,6 +41,7 @@ from numpy._core import multiarray as _multiarray
 
 from ..errors import DSAInputError
 from ..io.atomic import atomic_open
+from .pretrained import convert_imagenet_checkpoint
 
 
 def _latin1_encode(obj: str, encoding: str = "latin1") -> bytes:
@@ -145,7 +146,38 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         # Detectron2 allows URLs and a "?matching_heuristics=True" query after the file name.
         if path and "://" not in path and not os.path.isfile(path.split("?")[0]):
             raise DSAInputError(f"{path}: checkpoint file not found (MODEL.WEIGHTS or --weights).")
+        self._loading_path = path  # named by convert_imagenet_checkpoint's messages
         return super().load(path, *args, **kwargs)
+
+    def _load_model(self, checkpoint: dict[str, Any]) -> Any:
+        # An ImageNet classification checkpoint is renamed onto the ResNet first (engine/pretrained.py).
+        checkpoint = convert_imagenet_checkpoint(checkpoint, self.model, getattr(self, "_loading_path", "MODEL.WEIGHTS"))
+        # Kept so that load_exact can tell what did not match (fvcore only logs it).
+        self.last_incompatible = super()._load_model(checkpoint)
+        return self.last_incompatible
+
+    def load_exact(self, path: str, config_file: str) -> dict[str, Any]:
+        """Load the model weights of ``path`` (no other checkpointables); they must match the model exactly.
+
+        A missing, unexpected or differently shaped parameter is a :class:`DSAInputError` naming
+        ``config_file``: a checkpoint of another architecture or clip length would otherwise run
+        half-random. Returns the checkpoint's other entries (e.g. the stored operating point).
+        """
+        extras = self.load(path, checkpointables=[])
+        incompatible = self.last_incompatible
+        problems = []
+        if incompatible.incorrect_shapes:
+            shown = ", ".join(f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in incompatible.incorrect_shapes[:3])
+            problems.append(f"{len(incompatible.incorrect_shapes)} parameter(s) of another shape ({shown})")
+        for keys, what in ((incompatible.missing_keys, "missing"), (incompatible.unexpected_keys, "unexpected")):
+            if keys:
+                problems.append(f"{len(keys)} {what} parameter(s) ({', '.join(keys[:3])})")
+        if problems:
+            raise DSAInputError(
+                f"{path}: the weights do not match the model of {config_file}: " + "; ".join(problems)
+                + ". Use the config (and KEY VALUE overrides) the model was trained with."
+            )
+        return extras
 
     def _load_file(self, filename: str) -> dict[str, Any]:
         if filename.endswith(".pkl"):

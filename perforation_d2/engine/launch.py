@@ -7,9 +7,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import sys
+from collections.abc import Iterator
 
 from detectron2.engine import default_argument_parser, launch
+from detectron2.utils import logger as d2_logger
 
 from ..errors import DSAInputError
 from .train_loop import NonFiniteLossError
@@ -32,14 +37,47 @@ Examples:
 """
 
 
+@contextlib.contextmanager
+def restored_logging() -> Iterator[None]:
+    """Undo, on exit, the log handlers (and levels) that Detectron2's ``setup_logger`` installs.
+
+    ``setup_logger`` is cached and binds a handler to the ``sys.stdout`` of the moment: after an
+    in-process run (tests, notebooks, ``cli`` called twice) that handler would write to a stream
+    that may be closed by then, and every later log call prints a logging traceback. The handlers
+    added during the run are removed and their log files closed, the caches cleared, so the next
+    run sets logging up afresh.
+    """
+    def all_loggers() -> list[logging.Logger]:
+        known = logging.Logger.manager.loggerDict.values()
+        return [logging.getLogger(), *(logger for logger in known if isinstance(logger, logging.Logger))]
+
+    before = {id(logger): (list(logger.handlers), logger.level, logger.propagate) for logger in all_loggers()}
+    try:
+        yield
+    finally:
+        for logger in all_loggers():
+            handlers, level, propagate = before.get(id(logger), (None, logger.level, logger.propagate))
+            for handler in [h for h in logger.handlers if h not in (handlers or [])]:
+                logger.removeHandler(handler)
+                handler.close()
+                stream = getattr(handler, "stream", None)
+                if os.path.basename(str(getattr(stream, "name", ""))).startswith("log.txt"):
+                    stream.close()  # OUTPUT_DIR/log.txt, opened (and cached) by setup_logger
+            logger.setLevel(level)
+            logger.propagate = propagate
+        d2_logger.setup_logger.cache_clear()
+        d2_logger._cached_log_stream.cache_clear()
+
+
 def main(args: argparse.Namespace) -> dict | None:
     """Train (or evaluate with ``--eval-only``) in one process of a possibly distributed job."""
-    cfg = setup(args)
-    if args.eval_only:
-        return evaluate_checkpoint(cfg, resume=args.resume)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    with restored_logging():
+        cfg = setup(args)
+        if args.eval_only:
+            return evaluate_checkpoint(cfg, resume=args.resume)
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
 
 
 def cli(argv: list[str] | None = None) -> int:

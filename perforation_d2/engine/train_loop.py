@@ -7,6 +7,9 @@ optimizer step (so the weights never absorb a NaN update), and all ranks agree o
 one-element all-reduce), so a NaN on one DDP rank stops every rank instead of leaving the others
 waiting in the next collective. The error names the iteration, the non-finite loss terms and the
 ``image_id`` / ``video_id`` / ``frame_id`` / file of every sample of the offending batch(es).
+
+The training samplers live here too: :class:`ResumableTrainingSampler` (uniform, resumable) and
+:class:`PositiveFrameSampler` (a set share of frames with a perforation box, resumable).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import torch.distributed as dist
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
+from torch.utils.data import Sampler
+
+from ..errors import DSAInputError
 
 
 class ResumableTrainingSampler(TrainingSampler):
@@ -42,6 +48,56 @@ class ResumableTrainingSampler(TrainingSampler):
     def __iter__(self) -> Iterator[int]:
         start = self._rank + self.start_iter * self.per_rank_batch_size * self._world_size
         yield from itertools.islice(self._infinite_indices(), start, None, self._world_size)
+
+
+class PositiveFrameSampler(Sampler):
+    """An infinite training stream in which each frame is positive with a set probability.
+
+    ``positive[i]`` says whether dataset frame ``i`` has a perforation box. Each draw takes a
+    positive frame (uniformly among them) with probability ``positive_fraction``, else a frame
+    without a box, so a batch of two holds no box with probability ``(1 - fraction) ** 2`` whatever
+    the cohort's own share of positive frames (``DATALOADER.DSA_POSITIVE_FRACTION``). Like
+    :class:`ResumableTrainingSampler` it is seeded, split across ranks by stride, and continues
+    exactly where it stopped on ``--resume`` (``start_iter``). A dataset without frames of one kind
+    draws only the other.
+    """
+
+    def __init__(self, positive: Sequence[bool], positive_fraction: float, per_rank_batch_size: int,
+                 seed: int | None = None):
+        if not 0.0 <= positive_fraction <= 1.0:
+            raise DSAInputError(f"config DATALOADER.DSA_POSITIVE_FRACTION = {positive_fraction!r} must be a "
+                                "probability in [0, 1] (0 samples frames uniformly).")
+        flags = torch.as_tensor([bool(p) for p in positive], dtype=torch.bool)
+        self._positives = torch.nonzero(flags).flatten()
+        self._negatives = torch.nonzero(~flags).flatten()
+        if len(self._positives) == 0:
+            raise DSAInputError("config DATALOADER.DSA_POSITIVE_FRACTION > 0, but no training frame has a "
+                                "perforation box: the training set has only negative frames.")
+        self.positive_fraction = float(positive_fraction) if len(self._negatives) else 1.0
+        self.per_rank_batch_size = per_rank_batch_size
+        self.start_iter = 0
+        self._seed = int(comm.shared_random_seed() if seed is None else seed)
+        self._rank, self._world_size = comm.get_rank(), comm.get_world_size()
+
+    def _infinite_indices(self) -> Iterator[int]:
+        generator = torch.Generator()
+        generator.manual_seed(self._seed)
+        chunk = 1024
+        while True:
+            take_positive = torch.rand(chunk, generator=generator) < self.positive_fraction
+            pos = self._positives[torch.randint(len(self._positives), (chunk,), generator=generator)]
+            neg = (self._negatives[torch.randint(len(self._negatives), (chunk,), generator=generator)]
+                   if len(self._negatives) else pos)
+            yield from torch.where(take_positive, pos, neg).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        start = self._rank + self.start_iter * self.per_rank_batch_size * self._world_size
+        yield from itertools.islice(self._infinite_indices(), start, None, self._world_size)
+
+
+def has_box(dataset_dict: Mapping[str, Any]) -> bool:
+    """Whether a training frame's dict holds a (non-crowd) perforation box."""
+    return any(not ann.get("iscrowd", 0) for ann in dataset_dict.get("annotations", []))
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -13,6 +13,9 @@
 - an exact ``--resume``: checkpoints also hold the RNG states and RetinaNet's loss normaliser, and
   the training sampler skips what the first iterations consumed, so that a run killed and
   resumed ends with the weights of an uninterrupted one (CPU, ``DATALOADER.NUM_WORKERS 0``);
+- ``DATALOADER.DSA_POSITIVE_FRACTION``: a training sampler that puts a set share of frames with a
+  box in the batches (:class:`~.train_loop.PositiveFrameSampler`);
+- the time-use diagnostic (``TEST.DSA.CLIP_ABLATION``, ``TEST.DSA.TIME_USE_DIAGNOSTIC``, :mod:`.time_use`);
 - ``metrics.json`` lines every ``SOLVER.LOG_PERIOD`` iterations (exact values with 1);
 - non-finite losses reported with the iteration and the batch's sample ids (:mod:`.train_loop`);
 - DDP on CPU (gloo) as well as on GPUs (NCCL): Detectron2's ``create_ddp_model`` passes
@@ -22,12 +25,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import sys
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,16 +50,27 @@ from detectron2.utils.logger import setup_logger
 from fvcore.nn.precise_bn import get_bn_modules
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import add_perforation_config
-from ..data import DSAClipMapper, register_cohort_dir
+from ..config import CONFIG_DIR, add_perforation_config
+from ..data import DSAClipMapper, register_cohort_dir, register_dsa_cohort, register_dsa_splits
+from ..data.clip_ablation import AblatedClipMapper, check_clip_ablation
 from ..data.cohort import load_cohort, series_labels
+from ..data.mapper import check_input_config
 from ..errors import DSAInputError
 from ..evaluation import DSASeriesEvaluator
+from ..io.json_io import read_json
 from .checkpoint import LossNormalizerStates, SafeDetectionCheckpointer
 from .determinism import RNGStates, seed_all
-from .hooks import FinalCheckpointer, OperatingPoint, ResumableBestCheckpointer
+from .hooks import FinalCheckpointer, ResumableBestCheckpointer
 from .lr_scheduler import build_lr_scheduler
-from .train_loop import DSAAMPTrainer, DSASimpleTrainer, ResumableTrainingSampler
+from .operating_point import OperatingPoint
+from .time_use import time_use_diagnostic, time_use_lines
+from .train_loop import (
+    DSAAMPTrainer,
+    DSASimpleTrainer,
+    PositiveFrameSampler,
+    ResumableTrainingSampler,
+    has_box,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +116,14 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def train(self) -> OrderedDict | dict | None:
+        """Detectron2's training loop, then the time-use diagnostic with ``TEST.DSA.TIME_USE_DIAGNOSTIC``."""
+        results = super().train()
+        if self.cfg.TEST.DSA.TIME_USE_DIAGNOSTIC and self.cfg.DATASETS.TEST and self.iter >= self.max_iter:
+            for line in time_use_lines(time_use_diagnostic(type(self), self.cfg, self.model)):
+                logger.info(line)
+        return results
+
     def resume_or_load(self, resume: bool = True) -> None:
         """Detectron2's resume, plus the training sample stream continued where it stopped."""
         super().resume_or_load(resume=resume)
@@ -115,8 +138,16 @@ class Trainer(DefaultTrainer):
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
         sampler = None
-        if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
-            per_rank_batch = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+        per_rank_batch = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+        if cfg.DATALOADER.DSA_POSITIVE_FRACTION > 0:
+            if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+                raise DSAInputError(
+                    f"config: DATALOADER.DSA_POSITIVE_FRACTION and DATALOADER.SAMPLER_TRAIN "
+                    f"{cfg.DATALOADER.SAMPLER_TRAIN!r} both choose the training frames; set one of them."
+                )
+            sampler = PositiveFrameSampler([has_box(d) for d in dataset], cfg.DATALOADER.DSA_POSITIVE_FRACTION,
+                                           per_rank_batch)
+        elif cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
             sampler = ResumableTrainingSampler(len(dataset), per_rank_batch)
         loader = build_detection_train_loader(
             cfg,
@@ -135,7 +166,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        return build_detection_test_loader(cfg, dataset_name, mapper=DSAClipMapper(cfg, False))
+        mapper = DSAClipMapper(cfg, False)
+        if cfg.TEST.DSA.CLIP_ABLATION != "none":
+            mapper = AblatedClipMapper(mapper, cfg.TEST.DSA.CLIP_ABLATION)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
@@ -147,10 +181,14 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
         """Detectron2's ``test``; with ``TEST.DSA.CACHED_SERIES_INFERENCE`` series by series,
-        the backbone run once per frame (:mod:`perforation_d2.modeling.series_inference`)."""
+        the backbone run once per frame (:mod:`perforation_d2.evaluation.inference`).
+
+        Both paths apply ``TEST.DSA.CLIP_ABLATION`` (the test loader reorders each clip's frames,
+        cached inference the per-frame features of each clip window)."""
+        check_clip_ablation(cfg.TEST.DSA.CLIP_ABLATION)
         if not cfg.TEST.DSA.CACHED_SERIES_INFERENCE:
             return super().test(cfg, model, evaluators)
-        from ..modeling.series_inference import cached_series_test
+        from ..evaluation.inference import cached_series_test
 
         return cached_series_test(cls, cfg, model, evaluators)
 
@@ -238,13 +276,28 @@ def best_metric_key(cfg: CfgNode) -> str:
 def _validation_series(dataset: str, evaluator_dir: str) -> tuple[dict[int, int], dict[str, float]]:
     """Labels and scores of the series the evaluator of ``dataset`` just scored."""
     meta = MetadataCatalog.get(dataset)
-    with open(os.path.join(evaluator_dir, "series_scores.json"), encoding="utf-8") as handle:
-        scores = json.load(handle)
+    scores = read_json(os.path.join(evaluator_dir, "series_scores.json"), "series scores file")
     labels = series_labels(load_cohort(meta.json_file, meta.image_root, check_images=False))
     return {vid: label for vid, label in labels.items() if str(vid) in scores}, scores
 
 
 # ---- configuration -------------------------------------------------------------------------
+def resolve_config_file(path: str) -> str:
+    """``path``, or the packaged config it names when it does not exist here.
+
+    ``configs/quick/retinanet.yaml`` (the README's spelling, relative to a checkout) then also
+    works from an installed package, in any folder.
+    """
+    if os.path.isfile(path):
+        return path
+    name = Path(path).as_posix()
+    name = name.split("configs/", 1)[1] if "configs/" in name else name
+    packaged = CONFIG_DIR / name
+    if not Path(path).is_absolute() and packaged.is_file():
+        return str(packaged)
+    raise DSAInputError(f"{path}: config file not found (the packaged configs are under {CONFIG_DIR}).")
+
+
 def build_config(args: argparse.Namespace) -> CfgNode:
     """The frozen config of ``args.config_file`` + ``args.opts``, with COHORT_DIRS registered.
 
@@ -254,18 +307,22 @@ def build_config(args: argparse.Namespace) -> CfgNode:
     cfg = get_cfg()
     add_perforation_config(cfg)
     if args.config_file:
-        if not os.path.isfile(args.config_file):
-            raise DSAInputError(f"{args.config_file}: config file not found.")
+        config_file = resolve_config_file(args.config_file)
         try:
-            cfg.merge_from_file(args.config_file)
-        except (KeyError, ValueError, TypeError, AssertionError) as err:
-            raise DSAInputError(f"{args.config_file}: invalid config: {err}.") from None
+            cfg.merge_from_file(config_file)
+        except Exception as err:  # yacs / YAML raise many types for a malformed file; all are the file's fault
+            raise DSAInputError(f"{config_file}: invalid config ({type(err).__name__}: {err}).") from None
     try:
         cfg.merge_from_list(list(args.opts or []))
     except (KeyError, ValueError, TypeError, AssertionError) as err:
         raise DSAInputError(f"command line: invalid config override {list(args.opts)}: {err}.") from None
+    check_input_config(cfg)
     for folder in cfg.DATASETS.DSA.COHORT_DIRS:
         register_cohort_dir(folder)
+    if cfg.DATASETS.DSA.COHORT_JSON:
+        register_dsa_cohort(cfg.DATASETS.DSA.COHORT_NAME, cfg.DATASETS.DSA.COHORT_JSON)
+        if cfg.DATASETS.DSA.SPLITS_JSON:
+            register_dsa_splits(cfg.DATASETS.DSA.SPLITS_JSON, cfg.DATASETS.DSA.COHORT_NAME, cfg.DATASETS.DSA.COHORT_JSON)
     cfg.freeze()
     return cfg
 
@@ -323,5 +380,32 @@ def evaluate_checkpoint(cfg: CfgNode, resume: bool = False) -> OrderedDict | dic
             "the OUTPUT_DIR of a training."
         )
     model = Trainer.build_model(cfg)
-    SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    checkpointer = SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    checkpoint = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    source = checkpointer.get_checkpoint_file() if resuming else cfg.MODEL.WEIGHTS
+    warn_if_selected_on(checkpoint, source, cfg.DATASETS.TEST)
+    if cfg.TEST.DSA.TIME_USE_DIAGNOSTIC and cfg.DATASETS.TEST:
+        summary = time_use_diagnostic(Trainer, cfg, model)
+        for line in time_use_lines(summary):
+            logger.info(line)
     return Trainer.test(cfg, model)
+
+
+def warn_if_selected_on(checkpoint: Mapping[str, Any], source: str, datasets: Sequence[str]) -> bool:
+    """Warn when a best-metric checkpoint (``model_best``) is evaluated on the data it was chosen on.
+
+    ``BestCheckpointer`` keeps the iteration whose validation metric was highest, so that metric,
+    measured again on the same validation set, is biased upwards (the maximum of noisy
+    estimates). The checkpoint's operating point names the dataset it was chosen on. Returns True
+    if it warned.
+    """
+    point = checkpoint.get("operating_point") or {}
+    chosen_on = point.get("dataset") if isinstance(point, Mapping) else None
+    if not os.path.basename(str(source)).startswith("model_best") or chosen_on not in datasets:
+        return False
+    message = (f"{source} is the best-metric checkpoint chosen on {chosen_on}, which is being evaluated again: "
+               "its figures there are optimistic (the best of several evaluations on the same series). Report "
+               "model_final.pth, or evaluate model_best on series it was not selected on.")
+    logger.warning(message)
+    print(f"warning: {message}", file=sys.stderr)
+    return True

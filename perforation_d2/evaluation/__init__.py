@@ -1,6 +1,10 @@
-"""Series-level evaluation: series optimisation, metrics, DeLong test and the Detectron2 evaluator.
+"""Series-level evaluation (paper sections 2.4 and 4.2-4.5), in the order the data flows:
 
-SPEC sections 3 and 4; paper sections 2.4 and 4.2-4.5.
+series optimisation (``series_optimization``), the one series-decision pipeline from predictions to
+series scores (``predictions``, on the cohort of ``cohort_index``), box matching (``matching``),
+COCO APs (``coco``), ROC statistics (``roc``), the metrics (``metrics``), DeLong and bootstrap
+statistics, plots, the Detectron2 evaluator (``evaluator``), inference over a cohort
+(``inference``), which series to score (``selection``) and the model comparison (``comparison``).
 """
 
 from .delong import delong_test

@@ -16,48 +16,22 @@ import os
 import warnings
 from typing import Any
 
-import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.structures import Instances
 from detectron2.utils import comm
 
 from ..data.cohort import load_cohort
 from ..io.atomic import atomic_write_json
-from .metrics import CATEGORY_ID, DSAMetricWarning, evaluate_series, restrict_cohort, scalar_metrics
+from .cohort_index import restrict_cohort
+from .metrics import DSAMetricWarning, evaluate_series, scalar_metrics
 from .plots import save_evaluation_plots
+from .predictions import top_detection_to_coco
 
 logger = logging.getLogger(__name__)
 
 
-def top_detection_to_coco(instances: Instances, image_id: int) -> list[dict[str, Any]]:
-    """The highest-scoring box of one frame as a one-element COCO results list (empty if none).
-
-    Boxes come in original-frame pixels (XYXY) and go out as ``[x, y, w, h]``; ties keep the
-    first box (the model's order). Degenerate boxes (zero width or height) are not candidates.
-    """
-    if len(instances) == 0:
-        return []
-    instances = instances.to("cpu")
-    boxes = instances.pred_boxes.tensor.to(torch.float64)
-    widths = boxes[:, 2] - boxes[:, 0]
-    heights = boxes[:, 3] - boxes[:, 1]
-    valid = (widths > 0) & (heights > 0)
-    if not bool(valid.any()):
-        return []
-    scores = torch.where(valid, instances.scores.to(torch.float64), torch.tensor(-1.0, dtype=torch.float64))
-    best = int(torch.argmax(scores))  # the first maximum
-    x0, y0 = float(boxes[best, 0]), float(boxes[best, 1])
-    return [{
-        "image_id": int(image_id),
-        "category_id": CATEGORY_ID,
-        "bbox": [x0, y0, float(widths[best]), float(heights[best])],
-        "score": float(instances.scores[best]),
-    }]
-
-
 class DSASeriesEvaluator(DatasetEvaluator):
-    """Series-level classification and localisation metrics (SPEC section 4) of a DSA dataset.
+    """Series-level classification and localisation metrics of a DSA dataset.
 
     Args:
         dataset_name: a registered dataset whose metadata has ``json_file`` (the cohort) and whose
@@ -65,7 +39,7 @@ class DSASeriesEvaluator(DatasetEvaluator):
         output_dir: where ``predictions.json``, ``series_scores.json``, ``metrics.json``,
             ``roc.png`` and ``pr.png`` are written (replacing earlier ones); None writes nothing.
         distributed: gather the predictions of every worker and evaluate on the main one.
-        series_optimization: apply SO (SPEC section 3) before scoring.
+        series_optimization: apply series optimisation before scoring.
 
     ``evaluate()`` returns ``{"dsa": {metric: float}}`` with the scalar metrics that are defined,
     so that they reach Detectron2's event storage and TensorBoard.

@@ -3,7 +3,7 @@
 Figures are built on matplotlib's object API with the Agg canvas, never through ``pyplot``: no
 global backend switch, no display needed, and nothing leaks between calls (training processes
 draw these after every evaluation). They are rendered in memory so that a command can write all
-of its outputs as one set (:func:`~perforation_d2.io.output_set.write_output_set`).
+of its outputs as one set (:class:`~perforation_d2.io.transaction.OutputTransaction`).
 """
 
 from __future__ import annotations
@@ -77,14 +77,40 @@ def pr_plot_png(
     title: str = "Box-level PR (centre criterion)",
 ) -> bytes:
     """The step-wise precision-recall curve behind ``AUPRC_center``."""
+    return pr_overlay_png([("", precision, recall, auprc)], title)
+
+
+def pr_overlay_png(
+    curves: Sequence[tuple[str, np.ndarray, np.ndarray, float | None]],
+    title: str = "Box-level PR (centre criterion)",
+) -> bytes:
+    """Step-wise precision-recall curves ``(name, precision, recall, auprc)`` on one plot."""
     figure = _figure()
     axes = figure.add_subplot(1, 1, 1)
-    if len(recall):
-        axes.step(np.concatenate([[0.0], recall]), np.concatenate([[precision[0]], precision]),
-                  where="pre", label=f"AUPRC {_format_value(auprc)}")
-    else:
-        axes.plot([], [], label="no detection")
+    for name, precision, recall, auprc in curves:
+        label = f"{name} (AUPRC {_format_value(auprc)})" if name else f"AUPRC {_format_value(auprc)}"
+        if len(recall):
+            axes.step(np.concatenate([[0.0], recall]), np.concatenate([[precision[0]], precision]),
+                      where="pre", label=label)
+        else:
+            axes.plot([], [], label=f"{name} (no detection)" if name else "no detection")
     return _finish_unit_square(figure, axes, "recall", "precision", title, "lower left")
+
+
+def learning_curve_png(
+    curves: Sequence[tuple[str, Sequence[float], Sequence[float | None], Sequence[float | None]]],
+    ylabel: str = "series AUC",
+    title: str = "Learning curve",
+) -> bytes:
+    """``(name, training fractions, means, stds)`` as lines with error bars over [0, 1] x [0, 1]."""
+    figure = _figure()
+    axes = figure.add_subplot(1, 1, 1)
+    for name, fractions, means, stds in curves:
+        shown = [(f, m, s or 0.0) for f, m, s in zip(fractions, means, stds) if m is not None]
+        if shown:
+            xs, ys, errs = zip(*shown)
+            axes.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=name)
+    return _finish_unit_square(figure, axes, "fraction of training patients", ylabel, title, "lower right")
 
 
 def evaluation_plot_pngs(evaluation: SeriesEvaluation, title_suffix: str = "") -> dict[str, bytes]:

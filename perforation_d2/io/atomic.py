@@ -9,17 +9,15 @@ never interleave bytes in one file. Existing outputs are only replaced when the 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import io
-import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import DSAInputError
+from .json_io import json_bytes
 
 PathLike = str | os.PathLike
 
@@ -74,11 +72,18 @@ def atomic_write_bytes(path: PathLike, data: bytes, overwrite: bool = False) -> 
 
 
 def atomic_write_text(path: PathLike, text: str, overwrite: bool = False) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DSAInputError(
+            f"{path}: cannot write it: the text holds an unpaired surrogate (character {err.start}; typically a "
+            "file name that is not valid UTF-8); nothing was written."
+        ) from None
+    atomic_write_bytes(path, data, overwrite=overwrite)
 
 
 def atomic_write_json(path: PathLike, obj: Any, overwrite: bool = False, indent: int | None = 1) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n", overwrite=overwrite)
+    atomic_write_bytes(path, json_bytes(obj, path, indent), overwrite=overwrite)
 
 
 def atomic_save_image(path: PathLike, image: Any, overwrite: bool = False, **save_kwargs: Any) -> None:
@@ -98,54 +103,23 @@ def atomic_save_figure(path: PathLike, figure: Any, overwrite: bool = False, **s
     atomic_write_bytes(path, buffer.getvalue(), overwrite=overwrite)
 
 
-def check_outputs_free(paths: Iterable[PathLike], overwrite: bool) -> None:
-    """Fail before any work starts when an output exists and ``overwrite`` is False."""
-    if overwrite:
-        return
-    existing = [str(p) for p in paths if Path(p).exists()]
-    if existing:
-        raise DSAInputError(
-            f"{existing[0]}: output already exists"
-            + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
-            + "; pass --overwrite to replace existing outputs (nothing was written)."
-        )
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: PathLike, blocking: bool, busy_message: str | None = None) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the lock file ``path`` (created, and removed on release).
-
-    ``blocking=False`` raises :class:`DSAInputError` (``busy_message``, else a generic one) at once
-    when another process holds the lock; ``blocking=True`` waits for it. The lock dies with its
-    process, so a killed run never leaves a stale lock. Removing the file on release is safe: after
-    locking, the inode check makes a process that opened the file just before its removal retry on
-    the new file instead of holding a lock nobody else sees.
-    """
+def check_free(path: PathLike, overwrite: bool) -> None:
+    """Fail before any work starts when the single output file ``path`` cannot be written: it exists
+    (without ``overwrite``), is a folder, or lies under a file. Output *sets* and folders go through
+    :class:`~perforation_d2.io.transaction.OutputTransaction` instead."""
     path = Path(path)
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as err:
-            raise DSAInputError(f"{path}: cannot create the lock file ({err.strerror}).") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise DSAInputError(
-                    busy_message or f"{path}: another run holds this lock right now; wait for it to finish."
-                ) from None
-            raise
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # the holder before us removed the file: lock the new one instead
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(fd)
+    if path.is_dir():
+        raise DSAInputError(f"{path}: is a folder; the output is a file (nothing was written).")
+    blocking = file_above(path)
+    if blocking is not None:
+        raise DSAInputError(f"{path}: cannot be written because {blocking} is a file, not a folder "
+                            "(nothing was written).")
+    _check_clobber(path, overwrite)
+
+
+def file_above(path: PathLike) -> Path | None:
+    """The existing file (not folder) that ``path`` would have to lie under, if any."""
+    for ancestor in Path(path).parents:
+        if ancestor.exists():
+            return None if ancestor.is_dir() else ancestor
+    return None

@@ -4,13 +4,14 @@ The naive way to predict a series of F frames feeds F clips of T frames to the m
 spatial backbone (the most expensive part of the network) runs F*T times and every frame's
 features are recomputed T times. :class:`SeriesPredictor` runs the spatial backbone once per frame
 (``TemporalBackbone.forward_frames``), keeps a sliding window of per-frame features, and builds
-each centre frame's clip from that window before the temporal module (``fuse``) and the head.
+each centre frame's clip from that window before the temporal module (``fuse``) and the head,
+whose output is decoded straight to each frame's top detection (:mod:`.top1`, no NMS).
 
-Clips follow the data layer exactly (SPEC section 2): the clip of centre frame ``t`` is frames
-``clamp(t-k .. t+k)``. Think of the series padded with ``k`` copies of its first and last frame:
-the clip of ``t`` is then the ``T`` consecutive entries starting at padded index ``t``, so the
-clips of ``B`` consecutive centre frames are the ``T``-long windows of ``B + T - 1`` consecutive
-padded entries, taken as views (``unfold``) without copying features ``T`` times.
+Clips follow the data layer exactly: the clip of centre frame ``t`` is frames ``clamp(t-k .. t+k)``.
+Think of the series padded with ``k`` copies of its first and last frame: the clip of ``t`` is
+then the ``T`` consecutive entries starting at padded index ``t``, so the clips of ``B``
+consecutive centre frames are the ``T``-long windows of ``B + T - 1`` consecutive padded entries,
+taken as views (``unfold``) without copying features ``T`` times.
 
 Memory is bounded by the window, not the series: at most ``B + T - 1`` frames of features are
 held at any time (``B`` = centre frames per batch; plus one stacked copy of them while the
@@ -20,43 +21,33 @@ temporal module runs), so a 60-frame series at 1024 px costs what a short one do
 Both paths compute the same numbers: on CPU they agree to the last bit in our tests. On CUDA,
 PyTorch runs convolutions in TF32 by default, and the two paths batch different frames together,
 so cuDNN may pick different kernels; with TF32 the scores differed by up to ~1e-4 and boxes by up
-to ~1e-2 px (seen on an H200 at 640 px). Both paths therefore run their forward with TF32 off
-(:func:`tf32_disabled`, for matmuls and cuDNN convolutions, previous settings restored afterwards),
-so the remaining differences are plain FP32 rounding. The trade-off is speed: on Ampere and newer
-GPUs full-FP32 convolutions and matmuls are slower than TF32 ones (how much depends on the GPU and
-the model; the ``benchmark`` command measures it). Training is unaffected, as only inference
-through this module switches TF32 off. CPU runs are unchanged.
+to ~1e-2 px (seen on an H200 at 640 px). Both paths therefore run in strict FP32 unless
+``TEST.DSA.PRECISION`` asks otherwise (:mod:`.precision`; previous settings restored afterwards).
 """
 
 from __future__ import annotations
 
-import datetime
-import logging
-import time
-from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog
-from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, inference_context, print_csv_format
 from detectron2.layers import move_device_like
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import ImageList, Instances
-from detectron2.utils import comm
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
+from ..data.clip_ablation import ablate_clip_batch, check_clip_ablation
 from ..data.clip_transforms import ClipAffineTransform
 from ..data.mapper import read_grey_frame
 from ..errors import DSAInputError
+from .precision import check_precision, precision_context, precision_from_cfg
+from .top1 import decode_full, decode_top1, top1
 
-logger = logging.getLogger(__name__)
+__all__ = ["SeriesPredictor", "load_series_frames", "naive_predict_series", "resize_frames"]
 
 Features = dict[str, torch.Tensor]
+_DECODERS = {"top1": decode_top1, "detectron2": decode_full}
 
 
 def _as_grey_or_rgb_uint8(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -84,31 +75,6 @@ def resize_frames(frames: torch.Tensor, frame_size: int) -> torch.Tensor:
     return resized.view(len(frames), 3, frame_size, frame_size)
 
 
-@contextmanager
-def tf32_disabled() -> Iterator[None]:
-    """Run the body with TF32 off for CUDA matmuls and cuDNN convolutions; restore the settings after.
-
-    TF32 rounds inputs to 10 mantissa bits, so results depend on which kernels cuDNN picks for a
-    batch; in full FP32 the cached and the naive path agree (no effect on CPU).
-    """
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-        torch.backends.cudnn.allow_tf32 = cudnn
-
-
-def top1(instances: Instances) -> Instances:
-    """The highest-scoring detection (the first one on ties), or an empty ``Instances``."""
-    if len(instances) == 0:
-        return instances
-    best = int(torch.argmax(instances.scores))
-    return instances[best : best + 1]
-
-
 class SeriesPredictor:
     """Predict every frame of a series with the backbone run once per frame.
 
@@ -122,11 +88,25 @@ class SeriesPredictor:
             exactly as the test-time mapper does).
         batch_size: centre frames per temporal/head batch; the window holds at most
             ``batch_size + T - 1`` frames of features.
-        allow_tf32: keep PyTorch's TF32 setting on CUDA (``TEST.DSA.ALLOW_TF32``): faster, but
-            no longer equal to the naive path within 1e-4.
+        allow_tf32: deprecated spelling of ``precision="tf32"`` (``TEST.DSA.ALLOW_TF32``).
+        precision: ``TEST.DSA.PRECISION`` (:mod:`.precision`); default ``"fp32"``. A mode the
+            model's device cannot run raises ``DSAInputError`` here.
+        clip_ablation: ``TEST.DSA.CLIP_ABLATION``: reorder each clip's frames as the test-time
+            ``AblatedClipMapper`` does (``"none"``: as they are).
+        decoding: ``"top1"`` (:func:`~.top1.decode_top1`) or ``"detectron2"`` (Detectron2's full
+            decoding with NMS, then top-1: the same detections, slower; for benchmarks).
     """
 
-    def __init__(self, model: nn.Module, frame_size: int, batch_size: int = 4, allow_tf32: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        frame_size: int,
+        batch_size: int = 4,
+        allow_tf32: bool = False,
+        precision: str | None = None,
+        clip_ablation: str = "none",
+        decoding: str = "top1",
+    ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if not isinstance(model, (DenseDetector, GeneralizedRCNN)):
@@ -134,16 +114,38 @@ class SeriesPredictor:
         self.model = model
         self.frame_size = int(frame_size)
         self.batch_size = int(batch_size)
-        self.allow_tf32 = bool(allow_tf32)
+        if precision is None:
+            precision = "tf32" if allow_tf32 else "fp32"
+        elif allow_tf32 and precision != "tf32":
+            raise ValueError(f"allow_tf32=True contradicts precision={precision!r}; pass only precision")
+        check_precision(precision, model.pixel_mean.device)
+        self.precision = precision
+        self.clip_ablation = check_clip_ablation(clip_ablation)
+        if decoding not in _DECODERS:
+            raise ValueError(f"decoding must be one of {', '.join(_DECODERS)}, not {decoding!r}")
+        self._decode = _DECODERS[decoding]
         backbone = model.backbone
         self.num_frames = int(getattr(backbone, "num_frames", 1))
         if self.num_frames < 1 or self.num_frames % 2 == 0:
             raise ValueError(f"the clip length T must be odd and >= 1, got {self.num_frames}")
         self._is_temporal = hasattr(backbone, "forward_frames") and hasattr(backbone, "fuse")
-        # Instrumentation: the largest number of frames whose features were held at once, and
-        # how many times the spatial backbone ran on a frame (once per frame is the point).
+        # Instrumentation: the largest number of frames whose features were held at once, how
+        # many times the spatial backbone ran on a frame (once per frame is the point), and how
+        # many frames the top-1 decoder handed to Detectron2's full decoding (ties, empty boxes).
         self.peak_window_frames = 0
         self.backbone_frames = 0
+        self.fully_decoded_frames = 0
+
+    @classmethod
+    def from_config(cls, model: nn.Module, cfg, batch_size: int = 4) -> SeriesPredictor:
+        """The predictor that ``cfg``'s test settings ask for (frame size, precision, clip ablation)."""
+        return cls(
+            model,
+            frame_size=cfg.INPUT.FRAME_SIZE,
+            batch_size=batch_size,
+            precision=precision_from_cfg(cfg),
+            clip_ablation=cfg.TEST.DSA.CLIP_ABLATION,
+        )
 
     # ---- the three stages ----------------------------------------------------------------
     def _preprocess(self, frames: torch.Tensor) -> ImageList:
@@ -171,30 +173,27 @@ class SeriesPredictor:
             return {level: x[:, 0] for level, x in clips.items()}
         return self.model.backbone.fuse(clips)
 
-    def _head(self, features: Features, image_sizes: list[tuple[int, int]]) -> list[Instances]:
-        """Detections of each centre frame, in the (resized, unpadded) model input frame."""
-        model = self.model
+    def _head(
+        self, features: Features, image_sizes: list[tuple[int, int]], output_size: tuple[int, int]
+    ) -> list[Instances]:
+        """The top detection of each centre frame, in output-frame pixels."""
         some = next(iter(features.values()))
         # The heads read only the image sizes (and the device) from the ImageList.
         images = ImageList(some.new_zeros((len(image_sizes), 0, *image_sizes[0])), image_sizes)
-        if isinstance(model, DenseDetector):
-            head_features = [features[f] for f in model.head_in_features]
-            predictions = model.head(head_features)
-            return model.forward_inference(images, head_features, predictions)
-        proposals, _ = model.proposal_generator(images, features, None)
-        results, _ = model.roi_heads(images, features, proposals, None)
-        return results
+        detections = self._decode(self.model, images, features, output_size)
+        self.fully_decoded_frames += detections.exact_frames
+        return detections.to_instances()
 
     # ---- the series loop -----------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, frames: np.ndarray | torch.Tensor) -> list[Instances]:
         """Top-1 ``Instances`` of every frame, boxes in original-frame pixels.
 
-        ``frames``: the whole series, ``(F, H, W)`` grey or ``(F, 3, H, W)``, uint8. Runs with TF32
-        off (:func:`tf32_disabled`) unless ``allow_tf32``, so that it matches
-        :func:`naive_predict_series` on GPU too.
+        ``frames``: the whole series, ``(F, H, W)`` grey or ``(F, 3, H, W)``, uint8. Runs in the
+        predictor's precision (strict FP32 by default, so that it matches
+        :func:`naive_predict_series` on GPU too).
         """
-        with nullcontext() if self.allow_tf32 else tf32_disabled():
+        with precision_context(self.precision, self.model.pixel_mean.device):
             return self._predict(frames)
 
     def _predict(self, frames: np.ndarray | torch.Tensor) -> list[Instances]:
@@ -229,31 +228,35 @@ class SeriesPredictor:
                 level: torch.stack([window[i][level] for i in entries]).unfold(0, clip_len, 1).permute(0, 4, 1, 2, 3)
                 for level in window[entries[0]]
             }  # each (B, T, C, h, w)
+            clips = ablate_clip_batch(clips, self.clip_ablation, range(start, stop))
             fused = self._fuse(clips)
             del clips
             assert image_size is not None
-            results = self._head(fused, [image_size] * (stop - start))
-            for result in results:
-                outputs.append(top1(detector_postprocess(result, height, width)).to("cpu"))
+            outputs.extend(self._head(fused, [image_size] * (stop - start), (height, width)))
         return outputs
 
 
 def naive_predict_series(
-    model: nn.Module, frames: np.ndarray | torch.Tensor, frame_size: int, batch_size: int = 4
+    model: nn.Module,
+    frames: np.ndarray | torch.Tensor,
+    frame_size: int,
+    batch_size: int = 4,
+    precision: str = "fp32",
 ) -> list[Instances]:
     """The reference path: one clip per frame through ``model(batched_inputs)``, top-1 per frame.
 
     Builds each clip like the test-time mapper (``clamp(t-k .. t+k)``, resized to ``frame_size``)
     and runs the model's own ``forward``, so the backbone runs T times per frame. Like
-    :class:`SeriesPredictor`, it runs with TF32 off.
+    :class:`SeriesPredictor`, it runs in strict FP32 unless ``precision`` says otherwise.
     """
+    check_precision(precision, model.pixel_mean.device)
     frames = _as_grey_or_rgb_uint8(frames)
     clip_len = int(getattr(model.backbone, "num_frames", 1))
     half = clip_len // 2
     height, width = int(frames.shape[-2]), int(frames.shape[-1])
     resized = resize_frames(frames, frame_size)
     outputs: list[Instances] = []
-    with torch.no_grad(), tf32_disabled():
+    with torch.no_grad(), precision_context(precision, model.pixel_mean.device):
         for start in range(0, len(frames), batch_size):
             inputs = []
             for t in range(start, min(len(frames), start + batch_size)):
@@ -263,14 +266,6 @@ def naive_predict_series(
             for output in model(inputs):
                 outputs.append(top1(output["instances"]).to("cpu"))
     return outputs
-
-
-def _series_of_dataset(dataset_dicts: Sequence[dict]) -> list[list[dict]]:
-    """Group per-frame dataset dicts by series, frames in order, series in first-seen order."""
-    grouped: dict[int, list[dict]] = defaultdict(list)
-    for record in dataset_dicts:
-        grouped[record["video_id"]].append(record)
-    return [sorted(records, key=lambda r: r["frame_id"]) for records in grouped.values()]
 
 
 def load_series_frames(record: dict, loader: Callable[[str], np.ndarray] = read_grey_frame) -> np.ndarray:
@@ -290,84 +285,3 @@ def load_series_frames(record: dict, loader: Callable[[str], np.ndarray] = read_
             )
         frames.append(frame)
     return np.stack(frames)
-
-
-def iterate_series_predictions(
-    predictor: SeriesPredictor,
-    series: Sequence[Sequence[dict]],
-    loader: Callable[[str], np.ndarray] = read_grey_frame,
-) -> Iterator[tuple[list[dict], list[dict]]]:
-    """For each series (its per-frame dataset dicts), yield ``(inputs, outputs)`` in evaluator form.
-
-    The whole series is predicted (clips at a frame's edges see its real neighbours, as in the
-    mapper), and outputs are returned for the frames in ``series`` only.
-    """
-    for records in series:
-        instances = predictor(load_series_frames(records[0], loader))
-        yield list(records), [{"instances": instances[record["frame_id"]]} for record in records]
-
-
-def inference_on_cohort(
-    model: nn.Module,
-    dataset_name: str,
-    evaluator: DatasetEvaluator | list[DatasetEvaluator] | None,
-    frame_size: int,
-    batch_size: int = 4,
-    allow_tf32: bool = False,
-) -> dict:
-    """Like Detectron2's ``inference_on_dataset``, but series by series with cached features.
-
-    Every registered frame of ``dataset_name`` gets its output; the evaluator's ``process`` is
-    called once per series with that series' frame dicts and outputs. Series (not frames) are
-    sharded across processes, so each series is predicted whole by one worker.
-    """
-    if isinstance(model, DistributedDataParallel):
-        model = model.module
-    all_series = _series_of_dataset(DatasetCatalog.get(dataset_name))
-    my_series = all_series[comm.get_rank() :: comm.get_world_size()]
-    if evaluator is None:
-        evaluator = DatasetEvaluators([])
-    elif isinstance(evaluator, list):
-        evaluator = DatasetEvaluators(evaluator)
-    evaluator.reset()
-    predictor = SeriesPredictor(model, frame_size=frame_size, batch_size=batch_size, allow_tf32=allow_tf32)
-    num_frames = sum(len(s) for s in my_series)
-    logger.info(f"Start cached series inference on {len(my_series)} series ({num_frames} frames) of {dataset_name}")
-    start_time = time.perf_counter()
-    with ExitStack() as stack:
-        stack.enter_context(inference_context(model))
-        stack.enter_context(torch.no_grad())
-        for inputs, outputs in iterate_series_predictions(predictor, my_series):
-            evaluator.process(inputs, outputs)
-    elapsed = time.perf_counter() - start_time
-    logger.info(
-        f"Total cached series inference time: {datetime.timedelta(seconds=int(elapsed))} "
-        f"({elapsed / max(1, num_frames):.6f} s / frame per device, on {comm.get_world_size()} devices; "
-        f"backbone ran on {predictor.backbone_frames} frames)"
-    )
-    results = evaluator.evaluate()
-    return {} if results is None else results
-
-
-def cached_series_test(trainer_cls: type, cfg, model: nn.Module, evaluators=None) -> dict:
-    """``DefaultTrainer.test`` with :func:`inference_on_cohort` instead of a per-clip data loader.
-
-    ``trainer_cls`` provides ``build_evaluator(cfg, dataset_name)``. Returns, like Detectron2, an
-    OrderedDict of results per test dataset, or the single dataset's results directly.
-    """
-    if isinstance(evaluators, DatasetEvaluator):
-        evaluators = [evaluators]
-    if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
-        raise ValueError(f"{len(cfg.DATASETS.TEST)} test datasets but {len(evaluators)} evaluators")
-    results: OrderedDict[str, dict] = OrderedDict()
-    for index, dataset_name in enumerate(cfg.DATASETS.TEST):
-        evaluator = evaluators[index] if evaluators is not None else trainer_cls.build_evaluator(cfg, dataset_name)
-        results[dataset_name] = inference_on_cohort(
-            model, dataset_name, evaluator, cfg.INPUT.FRAME_SIZE, allow_tf32=cfg.TEST.DSA.ALLOW_TF32
-        )
-        if comm.is_main_process():
-            logger.info(f"Evaluation results for {dataset_name} in csv format:")
-            print_csv_format(results[dataset_name])
-    if len(results) == 1:
-        return next(iter(results.values()))
-    return results

@@ -31,6 +31,7 @@ __all__ = [
     "TemporalConv",
     "build_temporal_module",
     "check_temporal_config",
+    "sinusoidal_offsets",
 ]
 
 TEMPORAL_MODULE_REGISTRY = Registry("TEMPORAL_MODULE")
@@ -92,10 +93,18 @@ class TemporalAttention(nn.Module):
     weights ``softmax_t(q . k_t / sqrt(D))`` are computed per feature point and average the frames'
     own features (values = features). The result is projected by a 1x1 convolution and added to
     the centre map, so the module refines rather than replaces the centre frame's features.
+
+    Without ``order_encoding`` the module is blind to frame order: permuting the context frames
+    permutes keys and values alike, so a clip and its reverse give the same output, and a
+    perforation filling looks like a vessel emptying. With it, each clip slot ``t`` has a learned
+    key offset ``e_t`` (``k_t = W_k x_t + e_t``, started as a sinusoidal encoding of ``t - T//2``,
+    which differs between past and future) and a learned value offset ``v_t`` (started at 0, so
+    the start equals the order-blind module's but for the key offsets), so that both where the
+    attention looks and what it brings back depend on the slot.
     """
 
     @configurable
-    def __init__(self, *, channels: int, num_frames: int, attention_dim: int = 64):
+    def __init__(self, *, channels: int, num_frames: int, attention_dim: int = 64, order_encoding: bool = False):
         super().__init__()
         self.num_frames = num_frames
         self.query = nn.Conv2d(channels, attention_dim, kernel_size=1)
@@ -105,6 +114,11 @@ class TemporalAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(attention_dim)
         for layer in (self.query, self.key, self.out_proj):
             weight_init.c2_xavier_fill(layer)
+        self.key_offsets: nn.Parameter | None = None
+        self.value_offsets: nn.Parameter | None = None
+        if order_encoding:
+            self.key_offsets = nn.Parameter(sinusoidal_offsets(num_frames, attention_dim))
+            self.value_offsets = nn.Parameter(torch.zeros(num_frames, channels))
 
     @classmethod
     def from_config(cls, cfg: CfgNode, channels: int) -> dict:
@@ -112,6 +126,7 @@ class TemporalAttention(nn.Module):
             "channels": channels,
             "num_frames": cfg.MODEL.TEMPORAL.NUM_FRAMES,
             "attention_dim": cfg.MODEL.TEMPORAL.ATTENTION_DIM,
+            "order_encoding": cfg.MODEL.TEMPORAL.ORDER_ENCODING,
         }
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,13 +135,32 @@ class TemporalAttention(nn.Module):
         n, t, c, h, w = x.shape
         query = self.query(x[:, t // 2])  # (N, D, H, W)
         keys = self.key(x.flatten(0, 1)).unflatten(0, (n, t))  # (N, T, D, H, W)
+        if self.key_offsets is not None:
+            keys = keys + self.key_offsets[None, :, :, None, None]
         logits = (keys * query.unsqueeze(1)).sum(dim=2) * self.scale
         return logits.softmax(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.attention_weights(x)
-        attended = (weights.unsqueeze(2) * x).sum(dim=1)
+        values = x if self.value_offsets is None else x + self.value_offsets[None, :, :, None, None]
+        attended = (weights.unsqueeze(2) * values).sum(dim=1)
         return x[:, x.shape[1] // 2] + self.out_proj(attended)
+
+
+def sinusoidal_offsets(num_frames: int, dim: int) -> torch.Tensor:
+    """``(T, dim)`` encodings of the slot offsets ``t - T//2`` (Vaswani et al. 2017, sin and cos).
+
+    The sine half is odd in the offset, so slot ``-i`` and ``+i`` get different encodings (a past
+    frame is told from a future one); the centre slot's sine half is 0.
+    """
+    offsets = torch.arange(num_frames, dtype=torch.float32) - num_frames // 2
+    half = max(1, dim // 2)
+    freqs = torch.exp(-math.log(100.0) * torch.arange(half, dtype=torch.float32) / half)
+    angles = offsets[:, None] * freqs[None, :]
+    encoding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)[:, :dim]
+    if encoding.shape[1] < dim:
+        encoding = torch.cat([encoding, torch.zeros(num_frames, dim - encoding.shape[1])], dim=1)
+    return encoding
 
 
 class ConvGRUCell(nn.Module):

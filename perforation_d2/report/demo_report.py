@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -12,27 +11,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..commands.benchmark import machine_description
+from ..benchmarks.common import machine_description
 from ..data.cohort import load_cohort, series_labels
-from ..evaluation.metrics import CohortIndex, apply_series_optimization, parse_predictions, restrict_cohort
+from ..data.splits import read_splits
+from ..evaluation.cohort_index import restrict_cohort
+from ..evaluation.predictions import read_predictions_json, surviving_detections
 from ..evaluation.series_optimization import Detection
 from ..io.atomic import atomic_save_image, atomic_write_text
+from ..io.json_io import read_json
 
 GT_RGB = (40, 220, 60)
 MODEL_RGB = [(255, 64, 32), (60, 140, 255), (255, 200, 0)]
-
-
-def _surviving_detections(cohort: dict, predictions: list[dict]) -> dict[int, list[Detection | None]]:
-    """Per series (frame order) the detections that survive top-1 per frame and SO, as the metrics see them."""
-    index = CohortIndex(cohort)
-    detections = apply_series_optimization(parse_predictions(predictions, index), index)
-    per_frame: list[Detection | None] = [None] * len(index.frame_image_ids)
-    for frame, box, score in zip(detections.frame.tolist(), detections.boxes.tolist(), detections.scores.tolist()):
-        per_frame[frame] = Detection(tuple(box), score)
-    return {
-        int(video_id): per_frame[index.frame_start[v]: index.frame_start[v + 1]]
-        for v, video_id in enumerate(index.video_ids)
-    }
 
 
 def _overlay(frame_path: Path, gt_boxes: list[list[float]], detections: list[Detection | None],
@@ -55,16 +44,15 @@ def _overlay(frame_path: Path, gt_boxes: list[list[float]], detections: list[Det
 
 def held_out_cohort(cohort_json: Path, splits_json: Path, fold: int = 0) -> dict:
     """The cohort restricted to the validation series of ``fold``."""
-    splits = json.loads(splits_json.read_text(encoding="utf-8"))
-    fold_entry = next(f for f in splits["folds"] if int(f["fold"]) == fold)
-    return restrict_cohort(load_cohort(cohort_json, check_images=False), fold_entry["val_video_ids"])
+    cohort = load_cohort(cohort_json, check_images=False)
+    return restrict_cohort(cohort, read_splits(splits_json, cohort).fold(fold).val_video_ids)
 
 
 def write_overlays(out: Path, cohort: dict, image_root: Path, names: list[str], predictions: list[Path],
                    max_series: int = 4) -> list[tuple[str, str]]:
     """Key-frame overlays of a few series of ``cohort`` (positives first); returns (png, caption)."""
     labels = series_labels(cohort)
-    survivors = [_surviving_detections(cohort, json.loads(p.read_text())) for p in predictions]
+    survivors = [surviving_detections(cohort, read_predictions_json(p), source=str(p)) for p in predictions]
     images_of = defaultdict(list)
     for image in sorted(cohort["images"], key=lambda im: im["frame_id"]):
         images_of[int(image["video_id"])].append(image)
@@ -109,7 +97,7 @@ def write_report(out: Path, cohort_json: Path, splits_json: Path, val_set: str, 
                  total_seconds: float, args: argparse.Namespace) -> Path:
     report_dir = out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    compare = json.loads((compare_dir / "compare.json").read_text())
+    compare = read_json(compare_dir / "compare.json", "comparison report")
     table = (compare_dir / "table.md").read_text()
     shutil.copyfile(compare_dir / "roc_overlay.png", report_dir / "roc_overlay.png")
     preview = cohort_json.parent / "preview.png"
@@ -121,7 +109,7 @@ def write_report(out: Path, cohort_json: Path, splits_json: Path, val_set: str, 
             "precision_center", "recall_center", "AUPRC_center", "AP50_coco", "AP_center_coco"]
     for short, title, _config in models:
         eval_dir = predictions[short].parent
-        metrics = json.loads((eval_dir / "metrics.json").read_text())
+        metrics = read_json(eval_dir / "metrics.json", "metrics file")
         cells = [f"{metrics[k]:.3f}" if isinstance(metrics.get(k), (int, float)) else "-" for k in keys]
         per_model_rows.append(f"| {title} | " + " | ".join(cells) + " |")
         for plot in ("roc.png", "pr.png"):
@@ -147,7 +135,7 @@ def write_report(out: Path, cohort_json: Path, splits_json: Path, val_set: str, 
         "## Series-level classification and localisation (Table 1 layout)",
         "",
         table,
-        "## All metrics per model (SPEC section 4)",
+        "## All metrics per model",
         "",
         "| model | " + " | ".join(keys) + " |",
         "|" + "---|" * (len(keys) + 1),

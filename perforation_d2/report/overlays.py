@@ -1,7 +1,7 @@
 """Overlays of series predictions: an animated GIF per series and a key-frame PNG.
 
 Both draw, on the original grey frames, the box and score that survived series-level
-optimisation (SPEC section 3). Every GIF frame carries its frame number, which also keeps
+optimisation. Every GIF frame carries its frame number, which also keeps
 Pillow from merging identical consecutive frames: a GIF always has exactly one frame per
 series frame. GIF frames are drawn directly in a fixed palette (grey levels plus the overlay
 colours), so no per-frame colour quantisation is needed: a 75-frame 512 px series takes a
@@ -10,6 +10,7 @@ fraction of a second instead of seconds.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,17 @@ _PALETTE += [*BOX_RGB, *TEXT_RGB, *OUTLINE_RGB] + [0, 0, 0] * (256 - _GREY_LEVEL
 # Browsers play GIF frames shorter than 20 ms at 100 ms; keep the acquisition's pace otherwise.
 MIN_GIF_FRAME_MS = 20
 DEFAULT_GIF_FRAME_MS = 100
+# GIF stores a frame's delay as an unsigned 16-bit count of centiseconds: 655.35 s at most. A
+# longer (or absurd, e.g. 10**6 ms) DICOM FrameTime is shown at that longest delay instead of
+# overflowing the encoder.
+MAX_GIF_FRAME_MS = 65535 * 10
+
+
+def gif_frame_ms(frame_time_ms: float | None) -> int:
+    """The GIF frame delay for an acquisition's frame time (the default when unknown or not a positive number)."""
+    if frame_time_ms is None or not math.isfinite(frame_time_ms) or frame_time_ms <= 0:
+        return DEFAULT_GIF_FRAME_MS
+    return int(min(MAX_GIF_FRAME_MS, max(MIN_GIF_FRAME_MS, round(frame_time_ms))))
 
 
 def _grey(frame: np.ndarray) -> np.ndarray:
@@ -108,7 +120,7 @@ def save_series_gif(
         _draw(_palette_frame(frame, scale), box, score, f"{index + 1}/{len(frames)}", scale, colours)
         for index, (frame, box, score) in enumerate(zip(frames, boxes, scores))
     ]
-    duration = max(MIN_GIF_FRAME_MS, round(frame_time_ms) if frame_time_ms else DEFAULT_GIF_FRAME_MS)
+    duration = gif_frame_ms(frame_time_ms)
     atomic_save_image(
         path, images[0], overwrite=overwrite, save_all=True, append_images=images[1:],
         duration=duration, loop=0,

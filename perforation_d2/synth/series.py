@@ -140,7 +140,7 @@ def random_blob_shape(rng: np.random.Generator) -> BlobShape:
 class BlobEvent:
     """A blob of one kind: its place (anatomy coordinates) and per-frame radius and density."""
 
-    kind: str  # "perforation", "crossing", "venous_pool" or "transient"
+    kind: str  # "perforation", "crossing", "venous_pool", "transient" or (hard option) "flicker"
     centre: tuple[float, float]
     shape: BlobShape
     radius: np.ndarray  # (num_frames,) fraction of the image side
@@ -169,6 +169,8 @@ class SeriesPlan:
     mottle: float
     bone_residue: float
     iris: float | None  # radius of the circular field of view (fraction of the side), None = none
+    # Displayed inverted (bright contrast on dark), as a MONOCHROME1 run read without its LUT.
+    inverted: bool = False
 
     @property
     def num_frames(self) -> int:
@@ -369,12 +371,7 @@ def plan_series(
                 event = _venous_pool(rng, anatomy, times, circ, avoid)
             events.append(event if event is not None else _transient(rng, anatomy, times, circ))
 
-    span = max(float(times[-1] - times[0]), 1e-6)
-    direction = rng.uniform(0, 2 * math.pi)
-    amount = rng.uniform(0.0, scanner.motion) * ((times - times[0]) / span) ** 1.5
-    motion = np.stack([amount * math.cos(direction), amount * math.sin(direction)], axis=1)
-    motion += rng.normal(0.0, 0.0004, motion.shape) * (np.arange(times.size) > 0)[:, None]
-    gain = 1.0 + rng.uniform(-0.04, 0.04) * (times - times[0]) / span + rng.normal(0.0, 0.005, times.size)
+    motion, gain = drift_and_gain(rng, times, scanner.motion, gain_drift=0.04, gain_jitter=0.005)
     return SeriesPlan(
         name=name, label=int(perforation_at is not None), times=times, frame_time_ms=frame_time_ms,
         circulation=circ, placement=random_placement(rng, anatomy.head), events=events,
@@ -382,6 +379,23 @@ def plan_series(
         photons=float(rng.uniform(*scanner.photons)), mottle=float(rng.uniform(1.0, 3.0)),
         bone_residue=float(rng.uniform(0.1, 0.3)), iris=float(rng.uniform(0.5, 0.6)) if rng.random() < 0.4 else None,
     )
+
+
+def drift_and_gain(
+    rng: np.random.Generator, times: np.ndarray, max_motion: float, gain_drift: float, gain_jitter: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame patient drift ``(F, 2)`` (fraction of the side) and detector gain ``(F,)``.
+
+    The drift accelerates along one direction (up to ``max_motion``) with a small tremor after
+    the first (mask) frame; the gain drifts linearly by up to ``gain_drift`` with jitter.
+    """
+    span = max(float(times[-1] - times[0]), 1e-6)
+    direction = rng.uniform(0, 2 * math.pi)
+    amount = rng.uniform(0.0, max_motion) * ((times - times[0]) / span) ** 1.5
+    motion = np.stack([amount * math.cos(direction), amount * math.sin(direction)], axis=1)
+    motion += rng.normal(0.0, 0.0004, motion.shape) * (np.arange(times.size) > 0)[:, None]
+    gain = 1.0 + rng.uniform(-gain_drift, gain_drift) * (times - times[0]) / span + rng.normal(0.0, gain_jitter, times.size)
+    return motion, gain
 
 
 def _shift_bilinear(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
@@ -524,5 +538,5 @@ def render_series(
         intensity += np.sqrt(np.maximum(intensity, 1.0) / plan.photons) * noise.window(rng, noise.white)
         intensity += plan.mottle * noise.window(rng, noise.smooth)
         np.clip(np.rint(intensity), 0, 255, out=intensity)
-        frames[f] = intensity
+        frames[f] = 255.0 - intensity if plan.inverted else intensity
     return RenderedSeries(frames=frames, boxes=boxes)

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from perforation_d2.cli import main
+from perforation_d2.io.ownership import MARKER_FILE
 
 
 def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
@@ -26,6 +27,10 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
     assert list((out / "report" / "overlays").glob("*.png"))
     for name in ("single", "tconv"):
         assert (out / "models" / name / "model_final.pth").exists()
+    # The folder's marker lists every file the demo wrote (so --overwrite removes exactly those).
+    marker = json.loads((out / MARKER_FILE).read_text())
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {MARKER_FILE}
+    assert set(marker["outputs"]["demo"]) == written
 
     # --overwrite replaces an earlier demo folder, but never a folder the demo did not write.
     other = tmp_path / "precious"
@@ -36,9 +41,33 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
     assert "holds no earlier demo output" in capsys.readouterr().err
 
 
+def test_demo_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
+    other = tmp_path / "precious"
+    (other / "data" / "synth").mkdir(parents=True)
+    (other / "data" / "synth" / "cohort.json").write_text("{}")  # looks like a demo folder, is not one
+    assert main(["demo", "--out", str(other), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no earlier demo output" in err and "data/" in err
+    assert sorted(p.relative_to(other).as_posix() for p in other.rglob("*")) == ["data", "data/synth",
+                                                                                  "data/synth/cohort.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]  # no lock file left beside it
+
+
 @pytest.mark.parametrize("flag", [[], ["--overwrite"]])
 def test_demo_refuses_a_non_empty_folder(tmp_path, capsys, flag):
     (tmp_path / "x.txt").write_text("x")
     assert main(["demo", "--out", str(tmp_path), *flag]) == 2
     assert (tmp_path / "x.txt").exists()
     assert str(tmp_path) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [["--seed", "-1"], ["--size", "0"], ["--folds", "1"], ["--bootstrap", "100000000"],
+                                 ["--patients", "0"], ["--iters", "x"]])
+def test_bad_arguments_stop_before_any_work(tmp_path, capsys, bad):
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit) as stopped:
+        main(["demo", "--out", str(out), *bad])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert bad[0] in err and "Traceback" not in err
+    assert not out.exists()

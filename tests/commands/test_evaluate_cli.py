@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -12,10 +11,9 @@ from helpers.metric_cases import GT, make_cohort, pred, random_case
 from perforation_d2.cli import main
 from perforation_d2.commands import benchmark
 from perforation_d2.commands import evaluate as evaluate_cmd
-from perforation_d2.errors import DSAInputError
 from perforation_d2.evaluation import compute_series_metrics, delong_test
-from perforation_d2.evaluation.metrics import METRIC_KEYS, restrict_cohort
-from perforation_d2.io import output_set
+from perforation_d2.evaluation.cohort_index import restrict_cohort
+from perforation_d2.evaluation.metrics import METRIC_KEYS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -75,9 +73,13 @@ def test_an_empty_list_evaluates_to_recall_zero(case, tmp_path, capsys):
         (b"[{", "not valid JSON"),
         (b'{"image_id": 1000}', "found a dict"),
         (json.dumps([pred(0, 0, GT, 0.5), pred(40, 0, GT, 0.5)]).encode(), "unknown image_id 5000"),
-        (b'[{"image_id": 1000, "category_id": 1, "bbox": [1, 2, 3, 4], "score": NaN}]', "not a probability"),
+        # NaN is not JSON: the one JSON reader refuses it before the schema check.
+        (b'[{"image_id": 1000, "category_id": 1, "bbox": [1, 2, 3, 4], "score": NaN}]', "holds NaN"),
         (json.dumps([pred(0, 0, GT, -0.2)]).encode(), "not a probability"),
         (json.dumps([pred(0, 0, (1, 2, 0, 4), 0.2)]).encode(), "non-positive"),
+        (b"[" * 100_000, "nested too deeply"),
+        (json.dumps([{**pred(0, 0, GT, 0.5), "bbox": [40, 40, 20, 20] * 2}]).encode(), "is not four numbers"),
+        (json.dumps([{**pred(0, 0, GT, 0.5), "bbox": [[40, 40], [20, 20]]}]).encode(), "is not four numbers"),
     ],
 )
 def test_bad_predictions_files_fail_with_one_clear_message(case, tmp_path, capsys, content, message):
@@ -225,7 +227,7 @@ def test_evaluate_one_fold_scores_only_its_series(fold_case, tmp_path, capsys):
         (None, [], "--fold K or --loco HELDOUT"),
         ("[1, 2]", ["--fold", "0"], "not a splits file"),
         ("{", ["--fold", "0"], "cannot read the splits file"),
-        ('{"folds": [{"fold": 0, "val_video_ids": [10, 999]}]}', ["--fold", "0"], "video ids [999]"),
+        ('{"folds": [{"fold": 0, "train_video_ids": [], "val_video_ids": [10, 999]}]}', ["--fold", "0"], "video ids [999]"),
         ('{"folds": [{"fold": 0, "val_video_ids": "all"}]}', ["--fold", "0"], "'val_video_ids'"),
     ],
 )
@@ -278,27 +280,6 @@ def test_a_failure_while_rendering_leaves_no_partial_outputs(case, tmp_path, mon
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
-def test_output_set_is_all_or_nothing(tmp_path, monkeypatch):
-    out = tmp_path / "out"
-    real_replace = os.replace
-
-    def replace_failing_on_b(source, target):
-        if os.path.basename(target) == "b.txt":
-            raise OSError("disk gone")
-        real_replace(source, target)
-
-    monkeypatch.setattr(output_set.os, "replace", replace_failing_on_b)
-    with pytest.raises(OSError, match="disk gone"):
-        output_set.write_output_set(out, {"a.txt": b"1", "b.txt": b"2", "c.txt": b"3"})
-    assert list(out.iterdir()) == []  # neither a.txt (moved in, then removed) nor the staging folder
-    monkeypatch.setattr(output_set.os, "replace", real_replace)
-    output_set.write_output_set(out, {"a.txt": b"1", "b.txt": b"2"})
-    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt"] and (out / "b.txt").read_bytes() == b"2"
-    with pytest.raises(DSAInputError, match="already exists"):
-        output_set.write_output_set(out, {"c.txt": b"3", "b.txt": b"4"})
-    assert not (out / "c.txt").exists() and (out / "b.txt").read_bytes() == b"2"
-
-
 def test_benchmark_refuses_an_existing_table_before_running_any_section(tmp_path, monkeypatch, capsys):
     table = tmp_path / "BENCHMARKS.md"
     table.write_text("kept")
@@ -306,7 +287,63 @@ def test_benchmark_refuses_an_existing_table_before_running_any_section(tmp_path
     def section_must_not_run(args):
         raise AssertionError("a section ran before the output check")
 
-    monkeypatch.setattr(benchmark, "SECTIONS", {"data": f"{__name__}:section_must_not_run"})
-    monkeypatch.setitem(globals(), "section_must_not_run", section_must_not_run)
+    monkeypatch.setattr(benchmark, "SECTIONS", {"data": section_must_not_run})
     assert main(["benchmark", "--sections", "data", "--write", str(table)]) == 2
     assert "already exists" in capsys.readouterr().err and table.read_text() == "kept"
+
+
+# ---- every argument is checked before any work -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--seed", "-1"], "argument --seed: must be between 0 and 4294967295, got -1"),
+        (["--seed", str(2**32)], "must be between 0 and 4294967295"),
+        (["--seed", "1.5"], "expected a seed"),
+        (["--bootstrap", "100000000"], "argument --bootstrap: must be between 0 and 100000, got 100000000"),
+        (["--bootstrap", "-1"], "must be between 0 and 100000"),
+    ],
+)
+def test_compare_refuses_bad_seed_and_bootstrap_before_reading_anything(tmp_path, capsys, extra, message):
+    out = tmp_path / "cmp"
+    # Neither the cohort nor the predictions exist: the arguments are refused before they are looked for.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--gt", str(tmp_path / "missing.json"), "--pred", "a.json", "--pred", "b.json",
+              "--out", str(out), *extra])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not out.exists()
+
+
+def test_evaluate_and_compare_refuse_an_out_that_is_a_file(case, tmp_path, capsys):
+    _, _, gt, pred_file = case
+    taken = tmp_path / "taken"
+    taken.write_text("the user's file")
+    assert evaluate(gt, pred_file, taken) == 2
+    assert capsys.readouterr().err.startswith(f"error: {taken}")
+    assert main(["compare", "--gt", str(gt), "--pred", str(pred_file), "--pred", str(pred_file), "--name", "a",
+                 "--name", "b", "--out", str(taken)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {taken}")
+    assert taken.read_text() == "the user's file"
+
+
+def test_compare_without_series_optimization_scores_raw_maxima(case, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    cohort, predictions, gt, pred_a = case
+    pred_b = tmp_path / "model_b.json"
+    pred_b.write_text(json.dumps([{**p, "score": p["score"] / 2} for p in predictions]))
+    out = tmp_path / "cmp"
+    assert main(["compare", "--gt", str(gt), "--pred", str(pred_a), "--pred", str(pred_b), "--out", str(out),
+                 "--bootstrap", "0", "--no-series-optimization"]) == 0
+    report = json.loads((out / "compare.json").read_text())
+    assert report["series_optimization"] is False
+    # Without SO a series scores its highest raw score (0 without any).
+    best: dict[int, float] = {}
+    for p in predictions:
+        best[p["image_id"] // 100] = max(best.get(p["image_id"] // 100, 0.0), p["score"])
+    video_ids = [video["id"] for video in cohort["videos"]]
+    assert report["models"][0]["series_scores"] == {str(v): best.get(v, 0.0) for v in video_ids}
+    labels = [1 if (v - 10) % 2 == 0 else 0 for v in video_ids]
+    assert report["models"][0]["AUC"] == pytest.approx(roc_auc_score(labels, [best.get(v, 0.0) for v in video_ids]))

@@ -36,6 +36,7 @@ from perforation_d2.cli import main
 from perforation_d2.data.cohort import load_cohort
 from perforation_d2.engine import OperatingPoint, SafeDetectionCheckpointer
 from perforation_d2.evaluation import compute_series_metrics
+from perforation_d2.io.ownership import MARKER_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_XA = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "real_xa"
@@ -105,7 +106,7 @@ def check_outputs(out: Path, frames_per_series: list[int]) -> dict:
     """Every output exists, is valid and is listed in the manifest; returns series_scores.json."""
     manifest = json.loads((out / "manifest.json").read_text())
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    assert files == set(manifest["files"]) | {"manifest.json"}, "stray or missing files (or the lock)"
+    assert files == set(manifest["files"]) | {"manifest.json", MARKER_FILE}, "stray or missing files (or the lock)"
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
 
@@ -349,3 +350,44 @@ def test_bad_input_is_a_clear_error(trained, tmp_path, capsys):
     assert {e["threshold"] for e in json.loads((tmp_path / "o8" / "series_scores.json").read_text()).values()} == {0.5}
     if not torch.cuda.is_available():
         assert "--device cuda" in error_of(cohort, tmp_path / "o9", "--device", "cuda")
+
+
+def _folder_with_odd_files(folder: Path) -> Path:
+    """One good series, one whose pixel data is cut short (found only when decoding), one text file."""
+    write_xa(folder / "good.dcm", ramp_frames(3, 32), identity=make_identity(0))
+    write_xa(folder / "cut.dcm", ramp_frames(3, 32), identity=make_identity(1, patient=1))
+    data = (folder / "cut.dcm").read_bytes()
+    (folder / "cut.dcm").write_bytes(data[:-1500])
+    (folder / "notes.txt").write_text("not a DICOM file")
+    return folder
+
+
+def test_a_folder_predicts_every_usable_series_and_lists_every_skip(trained, tmp_path, capsys):
+    folder = _folder_with_odd_files(tmp_path / "dicom")
+    out = tmp_path / "out"
+    assert predict(trained, folder, out) == 0
+    check_outputs(out, [3])
+    captured = capsys.readouterr()
+    # Both skips in one run, each with its reason: one from the header pass, one from decoding.
+    assert f"skipped: {folder / 'notes.txt'}: skipped, is not a DICOM file" in captured.err
+    assert f"skipped: {folder / 'cut.dcm'}: skipped, the pixel data holds" in captured.err
+    assert "2 input file(s) skipped" in captured.out
+
+
+def test_strict_refuses_a_folder_with_skips_before_writing_anything(trained, tmp_path, capsys):
+    folder = _folder_with_odd_files(tmp_path / "dicom")
+    out = tmp_path / "out"
+    assert predict(trained, folder, out, "--strict") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "notes.txt" in err and "--strict" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+    # A decoding failure (the header pass accepts the file) is a failure under --strict too.
+    (folder / "notes.txt").unlink()
+    assert predict(trained, folder, out, "--strict") == 2
+    err = capsys.readouterr().err
+    assert "cut.dcm" in err and "truncated" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+    (folder / "cut.dcm").unlink()
+    assert predict(trained, folder, out, "--strict") == 0
+    check_outputs(out, [3])

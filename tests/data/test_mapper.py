@@ -10,7 +10,7 @@ from PIL import Image
 
 from perforation_d2.data.clip_transforms import ClipAffineTransform, DSAClipAugmentation
 from perforation_d2.data.cohort import load_cohort
-from perforation_d2.data.mapper import DSAClipMapper, clip_indices, read_grey_frame
+from perforation_d2.data.mapper import DSAClipMapper, check_input_config, clip_indices, read_grey_frame
 from perforation_d2.data.register import cohort_dataset_dicts
 from perforation_d2.errors import DSAInputError
 
@@ -199,3 +199,30 @@ def test_consecutive_clips_decode_each_frame_once(tmp_path):
     first = uncached(dicts[3])["image"]
     assert uncached.cache.misses == 5 and len(uncached.cache) == 0
     assert (first == mapper(dicts[3])["image"]).all()
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("INPUT.FRAME_SIZE", "0", "INPUT.FRAME_SIZE = 0 is not a valid frame size"),
+    ("INPUT.FRAME_SIZE", "1000000", "up to 4096"),
+    ("MODEL.TEMPORAL.NUM_FRAMES", "4", "odd number of frames"),
+    ("INPUT.DSA_AUG.SHIFT_LIMIT", "2.0", "SHIFT_LIMIT must be in (0, 1)"),
+])
+def test_bad_clip_settings_stop_train_before_any_work(tmp_path, capsys, key, value, message):
+    """check_input_config runs when the config is built: one paragraph, nothing built or written."""
+    from perforation_d2.cli import main
+
+    out = tmp_path / "out"
+    code = main(["train", "--config-file", "configs/quick/retinanet_tconv_T5.yaml", key, value,
+                 "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_check_input_config_accepts_the_defaults():
+    check_input_config(make_cfg())  # no exception
+    cfg = make_cfg(frame_size=4096)
+    check_input_config(cfg)
+    cfg.INPUT.FRAME_SIZE = True  # a YAML "yes" is not a size
+    with pytest.raises(DSAInputError, match="FRAME_SIZE = True"):
+        check_input_config(cfg)

@@ -10,7 +10,7 @@ from helpers.cohorts import make_toy_cohort
 
 from perforation_d2.cli import main
 from perforation_d2.data.cohort import series_labels
-from perforation_d2.data.splits import leave_one_cohort_out, make_patient_folds
+from perforation_d2.data.splits import leave_one_cohort_out, make_patient_folds, read_splits
 from perforation_d2.errors import DSAInputError
 
 
@@ -120,3 +120,106 @@ def test_split_command_writes_once(tmp_path, capsys):
     assert main(["split", "--cohort", str(json_file), "--folds", "9", "--seed", "0", "--out", str(tmp_path / "x")]) == 2
     assert "only 6 patients" in capsys.readouterr().err
     assert not (tmp_path / "x" / "splits.json").exists()
+
+
+# ---- read_splits: the one reader of a splits file ----------------------------------------------
+
+def _cohort_of(video_ids: list[int]) -> dict:
+    return {"videos": [{"id": v, "patient_id": f"P{v}", "cohort": "a"} for v in video_ids], "images": [],
+            "annotations": []}
+
+
+GOOD = {"folds": [{"fold": 0, "train_video_ids": [3, 4], "val_video_ids": [1, 2]},
+                  {"fold": 1, "train_video_ids": [1, 2], "val_video_ids": [3, 4]}],
+        "loco": [{"heldout": "site A", "train_video_ids": [3, 4], "val_video_ids": [1, 2]}]}
+
+
+def test_read_splits_selects_folds_and_held_out_cohorts(tmp_path):
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps(GOOD))
+    splits = read_splits(path, _cohort_of([1, 2, 3, 4]))
+    assert [s.key for s in splits.folds] == [0, 1] and [s.key for s in splits.loco] == ["site A"]
+    assert splits.fold(1).video_ids("val") == [3, 4] and splits.fold(1).video_ids("train") == [1, 2]
+    assert splits.heldout("site A").description == "held-out cohort site A"
+    assert splits.fold(0).description == "fold 0"
+    with pytest.raises(DSAInputError, match=r"has no fold 5 \(available: 0, 1\)"):
+        splits.fold(5)
+    with pytest.raises(DSAInputError, match=r"has no held-out cohort B \(available: site A\)"):
+        splits.heldout("B")
+    with pytest.raises(DSAInputError, match=r"video ids \[5\] of the cohort are in no validation fold"):
+        read_splits(path, _cohort_of([1, 2, 3, 4, 5]))
+
+
+def _with(**changes):
+    data = json.loads(json.dumps(GOOD))
+    for key, value in changes.items():
+        index, field = key.split("__")
+        data["folds"][int(index[1:])][field] = value
+    return data
+
+
+SPLIT_CASES = [
+    ("top_list", [1, 2], "not a splits file"),
+    ("folds_not_list", {"folds": {"0": []}}, "not a splits file"),
+    ("loco_not_list", dict(GOOD, loco="all"), "'loco' must be a list or null"),
+    ("fold_not_object", {"folds": [7]}, "fold entry #0: malformed entry"),
+    ("fold_negative", _with(f0__fold=-1), "'fold' must be a non-negative integer"),
+    ("fold_bool", _with(f0__fold=True), "'fold' must be a non-negative integer"),
+    ("ids_string", _with(f0__val_video_ids="all"), "fold 0: 'val_video_ids' must be a list of video ids"),
+    ("ids_float", _with(f0__val_video_ids=[1.0, 2]), "must be a list of video ids (integers), got 1.0"),
+    ("ids_repeated", _with(f0__val_video_ids=[1, 1, 2]), "fold 0: 'val_video_ids' lists a video id twice"),
+    ("ids_missing", {"folds": [{"fold": 0, "val_video_ids": [1]}]}, "fold 0: missing 'train_video_ids'"),
+    ("both_sides", _with(f0__train_video_ids=[2, 3, 4]), "fold 0: video ids [2] are both in train and val"),
+    ("fold_twice", _with(f1__fold=0), "fold 0 is listed more than once"),
+    ("heldout_empty", dict(GOOD, loco=[{"heldout": "", "train_video_ids": [], "val_video_ids": []}]),
+     "loco entry #0: 'heldout' must be a non-empty string"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", SPLIT_CASES, ids=[c[0] for c in SPLIT_CASES])
+def test_bad_splits_files_are_one_paragraph(tmp_path, name, content, message):
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(DSAInputError) as info:
+        read_splits(path)
+    text = str(info.value)
+    assert text.startswith(str(path)) and message in text and "\n" not in text
+
+
+def test_unreadable_splits_files(tmp_path):
+    with pytest.raises(DSAInputError, match="splits file not found"):
+        read_splits(tmp_path / "absent.json")
+    nested = tmp_path / "nested.json"
+    nested.write_text('{"folds": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(DSAInputError, match="nested too deeply"):
+        read_splits(nested)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"folds": [], "loco": [{"heldout": "\xe9"}]}')
+    with pytest.raises(DSAInputError, match="not UTF-8"):
+        read_splits(latin)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seed", "-1"], "--seed: must be between 0 and"),
+    (["--seed", "1.5"], "--seed: expected a seed"),
+    (["--folds", "1"], "--folds: must be between 2 and"),
+])
+def test_split_arguments_are_checked_before_any_work(tmp_path, capsys, args, message):
+    json_file = make_toy_cohort(tmp_path / "c", num_patients=4)
+    base = {"--cohort": str(json_file), "--folds": "2", "--seed": "0", "--out": str(tmp_path / "out")}
+    base.update(dict(zip(args[::2], args[1::2])))
+    with pytest.raises(SystemExit) as info:
+        main(["split", *[item for pair in base.items() for item in pair]])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_split_out_must_be_a_folder(tmp_path, capsys):
+    json_file = make_toy_cohort(tmp_path / "c", num_patients=4)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for out, message in ((a_file, "exists and is a file"), (a_file / "sub", "is a file, not a folder")):
+        assert main(["split", "--cohort", str(json_file), "--folds", "2", "--seed", "0", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {out}") and message in err and err.count("\n") == 1
+    assert a_file.read_text() == "mine"

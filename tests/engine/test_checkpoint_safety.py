@@ -13,7 +13,7 @@ from detectron2.solver import LRMultiplier
 from fvcore.common.param_scheduler import CosineParamScheduler
 
 from perforation_d2.engine.checkpoint import SafeDetectionCheckpointer
-from perforation_d2.engine.hooks import OperatingPoint
+from perforation_d2.engine.operating_point import OperatingPoint
 from perforation_d2.errors import DSAInputError
 
 
@@ -160,3 +160,34 @@ def test_truncated_and_missing_checkpoints_are_clear_errors(tmp_path):
         SafeDetectionCheckpointer(_model()).load(str(pkl))
     with pytest.raises(DSAInputError, match="not found"):
         SafeDetectionCheckpointer(_model()).load(str(tmp_path / "absent.pth"))
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, width: int = 3, extra: bool = False):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, width, 3)
+        if extra:
+            self.head = torch.nn.Linear(2, 2)
+
+
+@pytest.mark.parametrize(
+    ("saved", "message"),
+    [
+        (_Net(width=4), "2 parameter(s) of another shape (conv.weight (4, 1, 3, 3) vs (3, 1, 3, 3), conv.bias (4,) vs (3,))"),
+        (_Net(extra=True), "2 unexpected parameter(s) (head.weight, head.bias)"),
+    ],
+)
+def test_load_exact_refuses_weights_of_another_model(tmp_path, saved, message):
+    SafeDetectionCheckpointer(saved, save_dir=str(tmp_path)).save("model")
+    with pytest.raises(DSAInputError, match=r"do not match the model of cfg\.yaml") as error:
+        SafeDetectionCheckpointer(_Net()).load_exact(str(tmp_path / "model.pth"), "cfg.yaml")
+    assert message in str(error.value)
+
+
+def test_load_exact_refuses_missing_weights_and_returns_the_extras(tmp_path):
+    SafeDetectionCheckpointer(_Net(), save_dir=str(tmp_path)).save("small", operating_point={"threshold": 0.25})
+    with pytest.raises(DSAInputError, match=r"2 missing parameter\(s\) \(head.weight, head.bias\)"):
+        SafeDetectionCheckpointer(_Net(extra=True)).load_exact(str(tmp_path / "small.pth"), "cfg.yaml")
+    model = _Net()
+    extras = SafeDetectionCheckpointer(model).load_exact(str(tmp_path / "small.pth"), "cfg.yaml")
+    assert extras["operating_point"] == {"threshold": 0.25}

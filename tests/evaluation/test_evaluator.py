@@ -13,8 +13,8 @@ from detectron2.structures import Boxes, Instances
 from helpers.metric_cases import GT, make_cohort
 
 from perforation_d2.evaluation import DSASeriesEvaluator, compute_series_metrics
-from perforation_d2.evaluation.evaluator import top_detection_to_coco
-from perforation_d2.evaluation.metrics import restrict_cohort
+from perforation_d2.evaluation.cohort_index import restrict_cohort
+from perforation_d2.evaluation.predictions import top_detection_to_coco
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -16,7 +16,8 @@ from sklearn.metrics import roc_auc_score
 
 from perforation_d2.errors import DSAInputError
 from perforation_d2.evaluation import compute_series_metrics
-from perforation_d2.evaluation.metrics import METRIC_KEYS, DSAMetricWarning, restrict_cohort
+from perforation_d2.evaluation.cohort_index import restrict_cohort
+from perforation_d2.evaluation.metrics import METRIC_KEYS, DSAMetricWarning
 
 
 def test_every_spec_key_is_present_and_json_safe():

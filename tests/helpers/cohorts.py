@@ -7,12 +7,12 @@ Its signature is a contract for every test module: extend it only with new keywo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from perforation_d2.data.cohort_writer import COHORT_FILE, CohortWriter
 
 SQUARE_VALUE = 255
 
@@ -52,6 +52,7 @@ def make_toy_cohort(
     cohorts: Sequence[str] = ("toy",),
     bit_depth: int = 8,
     box_size: int | None = None,
+    frame_order: str = "sorted",
 ) -> Path:
     """Write a valid cohort under ``root`` and return the path of its ``cohort.json``.
 
@@ -66,53 +67,54 @@ def make_toy_cohort(
       can tell from the pixels which frame it is looking at.
     - ``bit_depth`` 8 or 16 (16: values multiplied by 257, full-range 16-bit PNG).
     - Video ids, image ids and annotation ids count from 1; frames are ``frames/v{vid}/{f:03d}.png``.
+    - ``frame_order="shuffled"`` lists the images out of frame order (each series backwards, the
+      series interleaved), image ids numbered in that listed order: code that must sort frames
+      by ``frame_id`` (not by position or image id) is exercised.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     positives = set(range(0, num_patients, 2) if positive_patients is None else positive_patients)
     box = box_size or max(2, size // 4)
     num_series = num_patients * series_per_patient
     lengths = [frames] * num_series if isinstance(frames, int) else list(frames)
     if len(lengths) != num_series:
         raise ValueError(f"frames lists {len(lengths)} lengths for {num_series} series")
-    videos, images, annotations = [], [], []
+    writer = CohortWriter(root, info={"description": "toy cohort written by tests/helpers/cohorts.py"},
+                          png_compress_level=6)
     for series_index in range(num_series):
         patient = series_index // series_per_patient
-        vid = series_index + 1
         positive = patient in positives
         # A per-series box position, inside the frame whatever the size.
         x0 = (size // 8) + (7 * series_index) % max(1, size - box - size // 4)
         y0 = (size // 8) + (5 * series_index) % max(1, size - box - size // 4)
-        videos.append({
-            "id": vid, "name": f"series{vid}", "width": size, "height": size,
-            "patient_id": f"P{patient:03d}", "cohort": cohorts[patient % len(cohorts)],
-            "num_frames": lengths[series_index], "frame_time_ms": 250.0,
-        })
-        folder = root / "frames" / f"v{vid}"
-        folder.mkdir(parents=True, exist_ok=True)
+        vid = writer.add_video(f"series{series_index + 1}", size, size, f"P{patient:03d}",
+                               cohorts[patient % len(cohorts)], 250.0)
         for frame_id in range(lengths[series_index]):
-            image_id = len(images) + 1
             pixels = np.full((size, size), frame_background(frame_id), dtype=np.uint16)
             if positive:
                 pixels[y0:y0 + box, x0:x0 + box] = SQUARE_VALUE
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": image_id, "video_id": vid, "category_id": 1,
-                    "bbox": [x0, y0, box, box], "area": float(box * box), "iscrowd": 0, "instance_id": vid,
-                })
-            file_name = f"frames/v{vid}/{frame_id:03d}.png"
-            if bit_depth == 16:
-                Image.fromarray((pixels * 257).astype(np.uint16)).save(root / file_name)
-            else:
-                Image.fromarray(pixels.astype(np.uint8)).save(root / file_name)
-            images.append({
-                "id": image_id, "file_name": file_name, "video_id": vid, "frame_id": frame_id,
-                "width": size, "height": size,
-            })
-    cohort = {
-        "info": {"description": "toy cohort written by tests/helpers/cohorts.py"},
-        "videos": videos, "images": images, "annotations": annotations,
-        "categories": [{"id": 1, "name": "perforation"}],
-    }
-    json_file = root / "cohort.json"
-    json_file.write_text(json.dumps(cohort, indent=1))
+            pixels = (pixels * 257).astype(np.uint16) if bit_depth == 16 else pixels.astype(np.uint8)
+            image_id = writer.add_frame(vid, pixels, file_name=f"frames/v{vid}/{frame_id:03d}.png")
+            if positive:
+                writer.add_box(image_id, [x0, y0, box, box], instance_id=vid)
+    if frame_order == "shuffled":
+        _shuffle_images(writer)
+    elif frame_order != "sorted":
+        raise ValueError(f"frame_order must be 'sorted' or 'shuffled', got {frame_order!r}")
+    writer.write()
+    json_file = root / COHORT_FILE
     return json_file
+
+
+def _shuffle_images(writer: CohortWriter) -> None:
+    """Reorder ``writer``'s images (each series backwards, series interleaved) and renumber them."""
+    by_video: dict[int, list[dict]] = {}
+    for image in writer.images:
+        by_video.setdefault(image["video_id"], []).append(image)
+    columns = [list(reversed(images)) for images in by_video.values()]
+    listed = [column[k] for k in range(max(map(len, columns), default=0)) for column in columns if k < len(column)]
+    new_id = {image["id"]: number for number, image in enumerate(listed, start=1)}
+    for image in listed:
+        image["id"] = new_id[image["id"]]
+    for annotation in writer.annotations:
+        annotation["image_id"] = new_id[annotation["image_id"]]
+    writer.images[:] = listed

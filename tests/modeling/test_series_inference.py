@@ -8,51 +8,32 @@ well defined (with the prior-probability init every anchor scores ~0.01).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.modeling import build_model
+from helpers import series_models
 from helpers.cohorts import make_toy_cohort
+from helpers.series_models import FRAME_SIZE, random_frames, widen_heads
+from helpers.threads import one_thread  # noqa: F401 (autouse: one intra-op thread)
 
-import perforation_d2
 from perforation_d2.data import DSAClipMapper, register_dsa_cohort
 from perforation_d2.engine import Trainer
+from perforation_d2.evaluation.inference import inference_on_cohort
 from perforation_d2.modeling.series_inference import (
     SeriesPredictor,
-    inference_on_cohort,
     naive_predict_series,
     resize_frames,
 )
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "quick"
-FRAME_SIZE = 64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions gain nothing from threads, and a shared CI machine loses a lot to them.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def quick_cfg(name: str, *opts: str):
-    cfg = get_cfg()
-    perforation_d2.add_perforation_config(cfg)
-    cfg.merge_from_file(str(CONFIGS / name))
-    cfg.merge_from_list([
-        "INPUT.FRAME_SIZE", str(FRAME_SIZE),
-        "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-        *opts,
-    ])
-    return cfg
+    return series_models.quick_cfg(
+        name, "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", *opts
+    )
 
 
 _MODELS: dict[tuple, torch.nn.Module] = {}
@@ -62,18 +43,8 @@ def random_model(name: str, *opts: str) -> torch.nn.Module:
     key = (name, *opts)
     if key not in _MODELS:
         torch.manual_seed(0)
-        model = build_model(quick_cfg(name, *opts)).eval()
-        with torch.no_grad():
-            for param_name, param in model.named_parameters():
-                if param_name.startswith(("head.", "roi_heads.", "proposal_generator.")):
-                    param.normal_(0.0, 0.05)
-        _MODELS[key] = model
+        _MODELS[key] = widen_heads(build_model(quick_cfg(name, *opts)).eval())
     return _MODELS[key]
-
-
-def random_frames(num_frames: int, height: int = 72, width: int = 88, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, size=(num_frames, height, width), dtype=np.uint8)
 
 
 def assert_same_detections(cached, naive) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -142,3 +144,47 @@ def test_unknown_module_lists_the_choices():
 def test_even_rnn_kernel_is_an_input_error():
     with pytest.raises(DSAInputError, match="RNN_KERNEL_SIZE"):
         build_temporal_module(_cfg("BiConvGRU", 3, RNN_KERNEL_SIZE=2), channels=4)
+
+
+def test_order_blind_attention_cannot_tell_a_clip_from_its_reverse():
+    torch.manual_seed(0)
+    attention = TemporalAttention(_cfg("TemporalAttention", 5), channels=6)
+    x = torch.randn(2, 5, 6, 4, 3)
+    torch.testing.assert_close(attention(x), attention(x.flip(1)))
+    assert not any("offsets" in name for name, _ in attention.named_parameters())  # old checkpoints load
+
+
+def test_order_encoded_attention_tells_a_clip_from_its_reverse():
+    torch.manual_seed(0)
+    attention = TemporalAttention(_cfg("TemporalAttention", 5, ORDER_ENCODING=True), channels=6)
+    x = torch.randn(2, 5, 6, 4, 3)
+    assert (attention(x) - attention(x.flip(1))).abs().max() > 1e-3
+    # Weights still a softmax over the frames; the centre frame alone (every slot equal) is
+    # unchanged by reversal, as it should be.
+    torch.testing.assert_close(attention.attention_weights(x).sum(dim=1), torch.ones(2, 4, 3))
+    still = x[:, 2:3].expand(-1, 5, -1, -1, -1)
+    torch.testing.assert_close(attention(still), attention(still.flip(1)))
+    attention(x).square().sum().backward()
+    assert attention.key_offsets.grad.abs().sum() > 0 and attention.value_offsets.grad.abs().sum() > 0
+
+
+def test_order_encoding_starts_sinusoidal_and_value_offsets_at_zero():
+    attention = TemporalAttention(_cfg("TemporalAttention", 5, ORDER_ENCODING=True), channels=6)
+    encoding = attention.key_offsets.detach()
+    assert encoding.shape == (5, 4)
+    # dim 4: frequencies 1 and 1/10 (100 ** (-j / 2)), sine then cosine of the offsets -2 .. 2.
+    for t, offset in enumerate(range(-2, 3)):
+        expected = [math.sin(offset), math.sin(offset / 10), math.cos(offset), math.cos(offset / 10)]
+        assert encoding[t].tolist() == pytest.approx(expected, abs=1e-6)
+    assert attention.value_offsets.detach().abs().sum() == 0
+    # Value offsets are added to what the attention returns: with content-blind keys, no key
+    # offsets and an identity projection, the module adds mean(x_t + v_t) to the centre map.
+    x = torch.randn(1, 5, 6, 2, 2)
+    with torch.no_grad():
+        attention.key.weight.zero_()
+        attention.key_offsets.zero_()
+        attention.value_offsets.copy_(torch.arange(30.0).view(5, 6))
+        attention.out_proj.weight.copy_(torch.eye(6)[:, :, None, None])
+        attention.out_proj.bias.zero_()
+    expected = x[:, 2] + x.mean(dim=1) + torch.arange(30.0).view(5, 6).mean(dim=0)[None, :, None, None]
+    torch.testing.assert_close(attention(x), expected)

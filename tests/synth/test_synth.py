@@ -266,3 +266,34 @@ def test_bad_settings_are_reported(tmp_path: Path, patients: int, size: int, opt
     assert not (tmp_path / "x").exists()
     with pytest.raises(TypeError, match="unknown options"):
         generate_synthetic_cohort(tmp_path / "x", 1, seed=0, size=64, colour=True)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--seed", "-1"], "--seed: must be between 0 and"),
+    (["--size", "0"], "--size: must be between 64 and 2048"),
+    (["--positive-fraction", "nan"], "--positive-fraction: must be a finite number"),
+    (["--max-frames", "0"], "--max-frames: must be between 1 and"),
+])
+def test_cli_arguments_are_checked_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   args: list[str], message: str) -> None:
+    base = {"--out": str(tmp_path / "out"), "--patients": "1", "--seed": "0", "--size": "64"}
+    base.update(dict(zip(args[::2], args[1::2])))
+    with pytest.raises(SystemExit) as info:
+        main(["synth", *[item for pair in base.items() for item in pair]])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_out_under_a_file_is_one_paragraph(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert main(["synth", "--out", str(a_file / "cohort"), "--patients", "1", "--seed", "0", "--size", "64"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {a_file / 'cohort'}") and "is a file, not a folder" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and a_file.read_text() == "mine"
+
+
+def test_library_refuses_a_negative_seed(tmp_path: Path) -> None:
+    with pytest.raises(DSAInputError, match=r"the seed \(--seed\) must be a non-negative integer"):
+        generate_synthetic_cohort(tmp_path / "x", 1, seed=-1, size=64)
+    assert list(tmp_path.iterdir()) == []

@@ -8,7 +8,7 @@ Two drivers:
   address-space limit (RLIMIT_AS) with a per-case alarm, reporting each outcome and its peak RSS;
 * a hypothesis test mutating factory files in-process, with a deadline.
 
-The worker imports only the reader module (not the package's Detectron2 registrations), so it
+The worker imports only the DICOM reading package (not the package's Detectron2 registrations), so it
 starts fast and its memory baseline is the reader's own.
 """
 
@@ -28,6 +28,7 @@ import pytest
 from helpers.dicom_factory import make_identity, ramp_frames, write_xa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from memory_cap import cap_address_space
 from pydicom import config as pydicom_config
 from pydicom.uid import ImplicitVRLittleEndian, RLELossless
 
@@ -171,24 +172,17 @@ def build_corpus(folder: Path, seeds: list[Path], real: list[Path], seed: int = 
 
 # ---- the worker (run as a script) --------------------------------------------------------------
 def _import_reader_alone():
-    """Import perforation_d2.data.dicom.reader without running the package's ``__init__``."""
+    """Import perforation_d2.data.dicom without running the ``__init__`` of perforation_d2 and its data package."""
     import types
 
     for name, folder in (("perforation_d2", REPO / "perforation_d2"), ("perforation_d2.data", REPO / "perforation_d2" / "data")):
         module = types.ModuleType(name)
         module.__path__ = [str(folder)]
         sys.modules[name] = module
-    import perforation_d2.data.dicom.reader as reader
+    import perforation_d2.data.dicom as reader
     from perforation_d2.errors import DSAInputError
 
     return reader, DSAInputError
-
-
-def _vm_size_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmSize")
 
 
 def worker(corpus: Path, warmup: Path, results: Path) -> None:
@@ -198,13 +192,7 @@ def worker(corpus: Path, warmup: Path, results: Path) -> None:
 
     reader, input_error = _import_reader_alone()
     reader.read_dicom_series(warmup, salt="fuzz")  # load every decoder plugin before the baseline
-    limit = _vm_size_bytes() + ADDRESS_SPACE_MARGIN_MIB * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    try:
-        np.ones(limit, dtype=np.uint8)
-        limit_enforced = False
-    except MemoryError:
-        limit_enforced = True
+    limit_enforced = cap_address_space(ADDRESS_SPACE_MARGIN_MIB * 2**20)
     baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def hang(signum, frame):
@@ -265,7 +253,7 @@ def test_mutated_corpus_ends_in_error_or_import_with_bounded_memory(tmp_path):
 @pytest.fixture(scope="module")
 def reader_and_seeds(tmp_path_factory):
     """The reader (imported here, so that an example's time is its own) and the seed files' bytes."""
-    from perforation_d2.data.dicom.reader import read_dicom_series
+    from perforation_d2.data.dicom import read_dicom_series
     from perforation_d2.errors import DSAInputError
 
     seeds = write_seeds(tmp_path_factory.mktemp("seeds"))

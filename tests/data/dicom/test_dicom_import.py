@@ -31,24 +31,17 @@ from pydicom.uid import ImplicitVRLittleEndian, RLELossless
 
 from perforation_d2 import cli
 from perforation_d2.data.cohort import cohort_problems
-from perforation_d2.data.dicom import importer as dicom_import
-from perforation_d2.data.dicom.reader import read_dicom_series
+from perforation_d2.data.cohort_writer import CohortWriter
+from perforation_d2.data.dicom import read_dicom_series
 from perforation_d2.errors import DSAInputError
+from perforation_d2.io.ownership import MARKER_FILE
+from perforation_d2.io.transaction import folder_lock
 
 REAL_XA = Path(__file__).resolve().parents[3].parent / "shared" / "fixtures" / "real_xa"
 # Skipped only outside CI: CI keeps ../shared beside the clone, so there a missing folder fails.
 needs_real_xa = pytest.mark.skipif(
     not REAL_XA.is_dir() and not os.environ.get("CI"), reason=f"real XA fixtures not found at {REAL_XA}"
 )
-
-
-@pytest.fixture(autouse=True)
-def salt_file(tmp_path_factory, monkeypatch) -> Path:
-    """Each test's own per-user salt file, outside ``tmp_path`` (never the real ~/.config)."""
-    path = tmp_path_factory.mktemp("config") / "perforation_d2" / "salt"
-    monkeypatch.setenv("PERFORATION_D2_SALT_FILE", str(path))
-    monkeypatch.delenv("PERFORATION_D2_SALT", raising=False)
-    return path
 
 
 def prepare(capsys, *args: str) -> tuple[int, str, str]:
@@ -318,7 +311,7 @@ def test_prepare_dicom_writes_a_valid_cohort_with_boxes(tmp_path, capsys):
     assert all(re.fullmatch(r"P-[0-9a-f]{16}", v["patient_id"]) for v in cohort["videos"])
     assert sorted((v["num_frames"], v["frame_time_ms"]) for v in cohort["videos"]) == [(3, None), (4, 100.0), (5, 50.0)]
     assert sorted(v["num_frames"] for v in cohort["videos"]) == [3, 4, 5]
-    assert sorted(os.listdir(out)) == ["cohort.json", "frames"]
+    assert sorted(os.listdir(out)) == sorted([MARKER_FILE, "cohort.json", "frames"])
     assert sorted(os.listdir(out / "frames")) == sorted(v["name"] for v in cohort["videos"])
     video_of = {v["id"]: v for v in cohort["videos"]}
     image_of = {i["id"]: i for i in cohort["images"]}
@@ -480,7 +473,9 @@ def test_bad_input_fails_cleanly(tmp_path, capsys, monkeypatch, kind):
 
         monkeypatch.setattr(CoderBase, "is_available", property(lambda self: not self.UID.is_encapsulated))
     out = tmp_path / "out"
-    rc, _, stderr = prepare(capsys, "--input", source, "--out", out)
+    # In a folder an odd file is skipped and the rest imported (see the skip tests); --strict fails.
+    strict = ["--strict"] if source.is_dir() and kind != "only_ct" else []
+    rc, _, stderr = prepare(capsys, "--input", source, "--out", out, *strict)
     assert_clean_failure(rc, stderr, named, out, phrase)
 
 
@@ -526,7 +521,7 @@ def test_a_second_run_while_one_holds_the_lock_fails_and_changes_nothing(tmp_pat
     out = tmp_path / "out"
     assert prepare(capsys, "--input", source, "--out", out)[0] == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    with dicom_import._output_lock(out):
+    with folder_lock(out, "prepare-dicom"):
         rc, _, stderr = prepare(capsys, "--input", source, "--out", out, "--overwrite")
     assert rc == 2 and "another prepare-dicom run" in stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
@@ -536,13 +531,13 @@ def test_two_concurrent_runs_into_one_folder_leave_one_complete_cohort(tmp_path,
     source = make_input(tmp_path / "in")
     out = tmp_path / "out"
     started = threading.Barrier(2)
-    slow_write = dicom_import._write_png
+    add_frame = CohortWriter.add_frame
 
-    def write_png_slowly(path, frame):
+    def add_frame_slowly(self, *args, **kwargs):
         threading.Event().wait(0.01)  # widen the window in which the two runs overlap
-        slow_write(path, frame)
+        return add_frame(self, *args, **kwargs)
 
-    monkeypatch.setattr(dicom_import, "_write_png", write_png_slowly)
+    monkeypatch.setattr(CohortWriter, "add_frame", add_frame_slowly)
     codes = []
 
     def one_run(salt):
@@ -570,14 +565,15 @@ def test_interrupted_run_leaves_the_previous_output_untouched(tmp_path, capsys, 
     assert prepare(capsys, "--input", source, "--out", out)[0] == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     calls = []
+    add_frame = CohortWriter.add_frame
 
-    def interrupted(path, frame):
-        calls.append(path)
+    def interrupted(self, *args, **kwargs):
+        calls.append(args)
         if len(calls) == 4:
             raise KeyboardInterrupt
-        Image.fromarray(frame).save(path, format="PNG")
+        return add_frame(self, *args, **kwargs)
 
-    monkeypatch.setattr(dicom_import, "_write_png", interrupted)
+    monkeypatch.setattr(CohortWriter, "add_frame", interrupted)
     rc, _, stderr = prepare(capsys, "--input", source, "--out", out, "--overwrite")
     assert rc == 130 and "interrupted" in stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
@@ -598,11 +594,11 @@ def test_leftovers_of_a_killed_run_are_removed_and_never_trusted(tmp_path, capsy
 
 
 def test_memory_cap_is_checked_before_decoding(tmp_path, monkeypatch):
-    from perforation_d2.data.dicom import reader as dicom_reader
+    from perforation_d2.data.dicom import decode
 
     write_xa(tmp_path / "run.dcm", ramp_frames(3, 16))  # 768 bytes once decoded
     decoded = []
-    monkeypatch.setattr(dicom_reader._DecodedFile, "load", classmethod(lambda cls, header: decoded.append(header)))
+    monkeypatch.setattr(decode, "decode_file", lambda header, *args: decoded.append(header))
     with pytest.raises(DSAInputError, match="more than the limit of"):
         read_dicom_series(tmp_path, salt="s", max_decoded_bytes=700)
     assert decoded == []

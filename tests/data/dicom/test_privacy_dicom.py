@@ -27,7 +27,7 @@ from pydicom import config as pydicom_config
 from pydicom.uid import RLELossless
 
 from perforation_d2 import cli
-from perforation_d2.data.dicom.reader import read_dicom_series
+from perforation_d2.data.dicom import read_dicom_series
 
 IDENTITIES = [make_identity(0, patient=0), make_identity(1, patient=0), make_identity(2, patient=1),
               make_identity(3, patient=2), make_identity(4, patient=3), make_identity(5, patient=4)]
@@ -58,15 +58,6 @@ def write_identified_input(root: Path, monkeypatch) -> tuple[dict[str, Path], li
         files["invalid_uid"] = write_xa(root / "invalid.dcm", ramp_frames(2, 24), identity=invalid)
     assert pydicom_config.settings.reading_validation_mode != pydicom_config.IGNORE
     return files, [invalid["SeriesInstanceUID"]]
-
-
-@pytest.fixture(autouse=True)
-def salt_file(tmp_path_factory, monkeypatch) -> Path:
-    """Each test's own per-user salt file, outside ``tmp_path`` (never the real ~/.config)."""
-    path = tmp_path_factory.mktemp("config") / "perforation_d2" / "salt"
-    monkeypatch.setenv("PERFORATION_D2_SALT_FILE", str(path))
-    monkeypatch.delenv("PERFORATION_D2_SALT", raising=False)
-    return path
 
 
 @pytest.fixture

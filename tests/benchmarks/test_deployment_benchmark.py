@@ -1,0 +1,22 @@
+"""The issue-14 benchmark rows are produced with the measured numbers in their notes (tiny sizes)."""
+
+from __future__ import annotations
+
+from helpers.threads import one_thread  # noqa: F401 (autouse: one intra-op thread)
+
+from perforation_d2.benchmarks.common import synthetic_series
+from perforation_d2.benchmarks.deployment import _spread_head, decoding_rows, precision_rows
+from perforation_d2.benchmarks.inference import _config, _model
+
+
+def test_decoding_and_precision_rows():
+    model = _spread_head(_model(_config(False, "TemporalConv", 64, "cpu")))
+    series = synthetic_series(4, 64)
+    rows = decoding_rows(model, series, 64, 1, "cpu", "TemporalConv T=5", "tiny")
+    rows += precision_rows(model, series, 64, 1, "cpu", "TemporalConv T=5", "tiny")
+    assert [r.measure for r in rows] == [
+        "Detectron2 decoding + NMS vs top-1 decoding, TemporalConv T=5", "bf16 vs fp32 speed, TemporalConv T=5",
+    ]
+    assert all(r.value > 0 for r in rows)
+    assert "ms/frame saved" in rows[0].note
+    assert "largest score difference" in rows[1].note and "median fp32 series score" in rows[1].note
