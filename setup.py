@@ -24,6 +24,7 @@ setup(
         "opencv-python-headless<4.12",
         # DICOM results (highdicom), the DICOM node (pynetdicom), cross-validate on a cluster (submitit).
         "highdicom>=0.28",
+        "pyjpegls<1.5",  # highdicom's JPEG-LS codec; 1.5 requires numpy 2
         "pynetdicom>=3.0",
         "submitit>=1.5",
     ],

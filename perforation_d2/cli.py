@@ -1,4 +1,4 @@
-"""``python -m perforation_d2 <command>``: the command-line surface of SPEC section 5.
+"""``python -m perforation_d2 <command>``: detect vessel perforations in DSA series (train, predict, evaluate, ...).
 
 Each command is one module of :mod:`perforation_d2.commands` exposing ``add_arguments(parser)``
 and ``run(args) -> int`` (or ``main(argv) -> int`` when it parses its own arguments, as ``train``

@@ -22,12 +22,12 @@ CHILDREN="${MUTMUT_CHILDREN:-2}"
 # Core module -> its fast tests (seconds each).
 declare -A FAST_TESTS=(
   [perforation_d2/evaluation/series_optimization.py]="tests/evaluation/test_series_optimization.py tests/evaluation/test_series_optimization_borders.py tests/evaluation/test_predictions.py"
-  [perforation_d2/evaluation/roc.py]="tests/evaluation/test_metrics.py tests/evaluation/test_predictions.py"
+  [perforation_d2/evaluation/roc.py]="tests/evaluation/test_metrics.py tests/evaluation/test_roc_spec95.py tests/evaluation/test_predictions.py"
   [perforation_d2/evaluation/matching.py]="tests/evaluation/test_metrics.py tests/evaluation/test_intervals_and_criteria.py"
   [perforation_d2/evaluation/delong.py]="tests/evaluation/test_delong.py"
-  [perforation_d2/modeling/losses.py]="tests/modeling/test_losses.py tests/modeling/test_dr_iou_beta_reaches_losses.py"
+  [perforation_d2/modeling/losses.py]="tests/modeling/test_losses.py tests/modeling/test_losses_defaults_and_reductions.py tests/modeling/test_dr_iou_beta_reaches_losses.py"
   [perforation_d2/data/clip_transforms.py]="tests/data/test_mapper.py tests/data/test_augmentation_ranges.py"
-  [perforation_d2/data/dicom/pseudonyms.py]="tests/data/dicom/test_series_key_salt.py tests/data/dicom/test_privacy_dicom.py"
+  [perforation_d2/data/dicom/pseudonyms.py]="tests/data/dicom/test_series_key_salt.py tests/data/dicom/test_dicom_import.py tests/data/dicom/test_privacy_dicom.py"
   [perforation_d2/io/atomic.py]="tests/io/test_atomic.py tests/io/test_atomic_leftovers.py tests/io/test_transaction.py"
 )
 

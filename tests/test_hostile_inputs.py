@@ -8,7 +8,8 @@ tool's) and names what it expects:
   anywhere in the workspace created, changed or removed;
 - "ok": exit 0, and nothing changed outside the case's own output folder.
 
-Every run has a memory cap (``RLIMIT_AS``: the ~4 GB of address space that importing torch maps,
+All cases run once per module, a few at a time; each test checks one case's run. Every run has
+a memory cap (``RLIMIT_AS``: the ~4 GB of address space that importing torch maps,
 plus 2 GB) and a timeout, so a regression to unbounded work fails here instead of taking the
 machine. ``$DETECTRON2_DATASETS``, ``$HOME`` and the pseudonymisation salt are pointed inside the
 workspace. Classes: wrong predictions boxes, deep JSON, absurd frame ids, paths leaving the image
@@ -21,10 +22,10 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,8 @@ from helpers.quick_model import write_quick_model
 
 REPO = Path(__file__).resolve().parents[1]
 MEMORY_CAP = 6 * 2**30  # importing torch maps ~3.9 GB of address space; 2 GB more for the work
-TIMEOUT_S = 180
+TIMEOUT_S = 300
+WORKERS = 3  # cases run concurrently (each a subprocess importing torch: ~1 GB, ~5 s of CPU)
 DEEP = "[" * 100_000 + "]" * 100_000
 
 
@@ -47,7 +49,7 @@ class Workspace:
     config: Path  # a quick model's config and weights
     weights: Path
     dicom: Path  # a small valid XA file
-    datasets: Path  # $DETECTRON2_DATASETS (empty unless a case fills it)
+    datasets: Path  # $DETECTRON2_DATASETS is datasets/<case> (empty unless the case fills it)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +130,7 @@ def _foreign_manifest(case: Path) -> Path:
 
 
 def _broken_dataset(w: Workspace, case: Path) -> None:
-    broken = w.datasets / "broken"
+    broken = w.datasets / case.name / "broken"
     cohort = _cohort(w)
     cohort["annotations"][0]["video_id"] = {"an": "object"}
     _write(broken / "cohort.json", cohort)
@@ -182,11 +184,12 @@ CASES = [
     Case("cohort_empty", lambda w, c: ["validate", str(_write(c / "cohort.json", b""))]),
     Case("cohort_is_a_list", lambda w, c: ["validate", str(_write(c / "cohort.json", [1, 2]))]),
     Case("video_id_object", lambda w, c: ["validate", str(_changed_cohort(w, c, lambda d: d["annotations"][0].update(
-        video_id={"x": 1})))]),
+        video_id={"x": 1})))], says=("'video_id' must be an integer",)),
     Case("width_huge", lambda w, c: ["validate", str(_changed_cohort(w, c, lambda d: d["images"][0].update(
-        width=10**12)))]),
+        width=10**12)))], says=("'width' must be a positive integer",)),
     # 2. numbers that must not size the work
-    Case("frame_id_1e9_validate", lambda w, c: ["validate", str(_changed_cohort(w, c, _frame_id(10**9)))]),
+    Case("frame_id_1e9_validate", lambda w, c: ["validate", str(_changed_cohort(w, c, _frame_id(10**9)))],
+         says=("not contiguous",)),
     Case("frame_id_1e9_split", lambda w, c: ["split", "--cohort", str(_changed_cohort(w, c, _frame_id(10**9))),
                                              "--folds", "2", "--seed", "0", "--out", str(c / "out")]),
     Case("frame_id_1e9_evaluate", lambda w, c: _evaluate(w, c, w.preds, gt=_changed_cohort(w, c, _frame_id(10**9)))),
@@ -204,12 +207,21 @@ CASES = [
                                              "--fold", str(10**20))),
     Case("batch_size_0", lambda w, c: _predict(w, c, "--batch-size", "0")),
     # 4. paths that leave the image root, folders as frames
-    Case("file_name_absolute", lambda w, c: ["validate", str(_changed_cohort(w, c, _file_name(str(w.dicom))))]),
-    Case("file_name_dotdot", lambda w, c: ["validate", str(_changed_cohort(w, c, _file_name("../dicom/run.dcm")))]),
-    Case("file_name_folder", lambda w, c: ["validate", str(_changed_cohort(w, c, _file_name("frames")))]),
+    Case("file_name_absolute", lambda w, c: ["validate", str(_changed_cohort(w, c, _file_name(str(w.dicom))))],
+         says=("absolute path",)),
+    Case("file_name_dotdot", lambda w, c: ["validate", str(_changed_cohort(w, c, _file_name("../dicom/run.dcm")))],
+         says=("climbs out of the image root",)),
+    Case("file_name_folder", lambda w, c: ["validate", str(_changed_cohort(w, c, _file_name("frames")))],
+         says=("is a folder",)),
     Case("file_name_lone_surrogate", lambda w, c: ["validate", str(_write(
         w.cohort.parent / f"{c.name}.json",
         w.cohort.read_text().replace('"frames/v1/000.png"', '"frames/v1/\\udcff.png"', 1)))]),
+    Case("path_lone_surrogate_validate", lambda w, c: ["validate", os.fsdecode(
+        bytes(w.cohort.parent) + b"/bad\xff-" + c.name.encode() + b".json")], expect="ok",
+        env=lambda w, c: _write(Path(os.fsdecode(bytes(w.cohort.parent) + b"/bad\xff-" + c.name.encode() + b".json")),
+                                w.cohort.read_bytes())),
+    Case("path_lone_surrogate_evaluate", lambda w, c: _evaluate(w, c, _write(Path(os.fsdecode(bytes(c) + b"/p\xff.json")),
+                                                                          w.preds.read_bytes())), expect="ok"),
     # 6. seeds, outputs that are files
     Case("split_seed_negative", lambda w, c: ["split", "--cohort", str(w.cohort), "--folds", "2", "--seed", "-1",
                                               "--out", str(c / "out")], says=("--seed",)),
@@ -247,9 +259,12 @@ CASES = [
 
 
 # ---- running and checking ---------------------------------------------------------------------
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+def _snapshot(root: Path, skip: Path | None = None) -> dict[str, tuple[int, int]]:
+    """Size and mtime of everything under ``root`` (except the folder ``skip``)."""
     state = {}
     for dirpath, dirnames, filenames in os.walk(root):
+        if skip is not None and Path(dirpath) == skip.parent:
+            dirnames[:] = [d for d in dirnames if d != skip.name]
         for name in dirnames + filenames:
             path = Path(dirpath) / name
             info = path.lstat()
@@ -264,47 +279,88 @@ def _limit_memory(cap: int) -> Callable[[], None]:
 
 
 def _is_clean_error(stderr: str) -> bool:
+    """One paragraph starting with ``error:`` (after any ``warning:`` lines), argparse's usage + one
+    ``error:`` sentence, or ``validate``'s report line ``COHORT: INVALID, N problems``; no traceback."""
     text = stderr.strip()
-    if "Traceback" in text or not text:
+    if "Traceback" in text or not text or "\n\n" in text:
         return False
-    if text.startswith("usage:"):  # argparse: usage lines, then "prog: error: one sentence"
-        return text.splitlines()[-1].split(": error: ", 1)[-1] != text.splitlines()[-1] and "\n\n" not in text
     lines = [line for line in text.splitlines() if not line.startswith("warning:")]
-    return bool(lines) and lines[0].startswith("error:") and "\n\n" not in "\n".join(lines)
+    if not lines:
+        return False
+    if lines[0].startswith("usage:"):
+        return ": error: " in lines[-1]
+    return lines[0].startswith("error:") or (len(lines) == 1 and ": INVALID, " in lines[0])
+
+
+@dataclass
+class Run:
+    case: Case
+    argv: list[str]
+    own: Path  # the case's folder (its inputs and its output folder)
+    before: dict
+    after: dict | None = None
+    result: subprocess.CompletedProcess | None = None
+    error: str = ""
+    shared_changed: list = field(default_factory=list)
+
+
+def _run(run: Run, workspace: Workspace, home: Path) -> Run:
+    env = dict(os.environ, DETECTRON2_DATASETS=str(workspace.datasets / run.own.name), HOME=str(home),
+               MPLCONFIGDIR=str(home / "matplotlib"), PERFORATION_D2_SALT="hostile-salt", OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1", PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
+    env.pop("PERFORATION_D2_SALT_FILE", None)
+    try:
+        run.result = subprocess.run([sys.executable, "-m", "perforation_d2", *run.argv], capture_output=True,
+                                    text=True, env=env, cwd=run.own, timeout=TIMEOUT_S,
+                                    preexec_fn=_limit_memory(run.case.cap), errors="backslashreplace")
+    except subprocess.TimeoutExpired:
+        run.error = f"no answer within {TIMEOUT_S} s"
+    run.after = _snapshot(run.own)
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(workspace, tmp_path_factory, request) -> dict[str, Run]:
+    """The selected cases prepared, then run WORKERS at a time; shared inputs snapshotted around all."""
+    home = tmp_path_factory.mktemp("hostile_home")
+    selected = {item.callspec.params["case"].name for item in request.session.items
+                if getattr(item, "originalname", "") == "test_hostile_input_ends_cleanly"}
+    prepared = {}
+    for case in [case for case in CASES if case.name in selected]:
+        own = workspace.root / "cases" / case.name
+        own.mkdir(parents=True)
+        (workspace.datasets / case.name).mkdir()
+        if case.env:
+            case.env(workspace, own)
+        argv = case.argv(workspace, own)
+        prepared[case.name] = Run(case, argv, own, _snapshot(own))
+    shared_before = _snapshot(workspace.root, skip=workspace.root / "cases")
+    with ThreadPoolExecutor(WORKERS) as pool:
+        done = list(pool.map(lambda run: _run(run, workspace, home), prepared.values()))
+    shared_after = _snapshot(workspace.root, skip=workspace.root / "cases")
+    changed_shared = sorted(k for k in shared_before.keys() | shared_after.keys()
+                            if shared_before.get(k) != shared_after.get(k))
+    for run in done:
+        run.shared_changed = changed_shared
+    return {run.case.name: run for run in done}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_hostile_input_ends_cleanly(case, workspace, tmp_path_factory):
-    case_dir = workspace.root / "cases" / case.name
-    case_dir.mkdir(parents=True)
-    try:
-        if case.env:
-            case.env(workspace, case_dir)
-        argv = case.argv(workspace, case_dir)
-        before = _snapshot(workspace.root)
-        env = dict(os.environ, DETECTRON2_DATASETS=str(workspace.datasets), HOME=str(workspace.root / "home"),
-                   PERFORATION_D2_SALT="hostile-salt", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
-        env.pop("PERFORATION_D2_SALT_FILE", None)
-        result = subprocess.run([sys.executable, "-m", "perforation_d2", *argv], capture_output=True, text=True,
-                                env=env, cwd=case_dir, timeout=TIMEOUT_S, preexec_fn=_limit_memory(case.cap),
-                                errors="backslashreplace")
-        after = _snapshot(workspace.root)
-        report = f"exit {result.returncode}\nstderr:\n{result.stderr[-3000:]}"
-        if case.expect == "ok":
-            assert result.returncode == 0, report
-            assert "Traceback" not in result.stderr, report
-            own = os.fsdecode((case_dir / "out").relative_to(workspace.root))
-            changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-            outside = sorted(k for k in changed if k != own and not k.startswith(own + os.sep))
-            assert not outside, f"changed outside the output folder: {outside}\n{report}"
-        else:
-            assert result.returncode != 0, report
-            assert _is_clean_error(result.stderr), report
-            for fragment in case.says:
-                assert fragment in result.stderr, (fragment, report)
-            changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-            assert not changed, f"files changed by a refused run: {changed}\n{report}"
-    finally:
-        for path in workspace.datasets.iterdir():  # $DETECTRON2_DATASETS is shared: leave it empty
-            shutil.rmtree(path)
+def test_hostile_input_ends_cleanly(case, runs):
+    run = runs[case.name]
+    assert not run.error, run.error
+    result = run.result
+    report = f"argv {run.argv}\nexit {result.returncode}\nstderr:\n{result.stderr[-3000:]}\nstdout:\n{result.stdout[-1500:]}"
+    assert not run.shared_changed, f"shared inputs changed (by some case): {run.shared_changed}"
+    changed = sorted(k for k in run.before.keys() | run.after.keys() if run.before.get(k) != run.after.get(k))
+    if case.expect == "ok":
+        assert result.returncode == 0, report
+        assert "Traceback" not in result.stderr, report
+        outside = [k for k in changed if k != "out" and not k.startswith("out" + os.sep)]
+        assert not outside, f"changed outside the output folder: {outside}\n{report}"
+    else:
+        assert result.returncode != 0, report
+        assert _is_clean_error(result.stderr), report
+        for fragment in case.says:
+            assert fragment in result.stderr + result.stdout, (fragment, report)
+        assert not changed, f"files changed by a refused run: {changed}\n{report}"

@@ -11,8 +11,10 @@ from collections.abc import Callable
 
 from .common import BenchRow
 from .data import benchmark_data
+from .deployment import benchmark_deployment
 from .evaluation import benchmark_evaluator
 from .inference import benchmark_inference
+from .node import benchmark_node
 from .training import benchmark_training
 
 # section name -> function; run in this order.
@@ -21,6 +23,8 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], list[BenchRow]]] = {
     "training": benchmark_training,
     "inference": benchmark_inference,
     "evaluator": benchmark_evaluator,
+    "deployment": benchmark_deployment,
+    "node": benchmark_node,
 }
 
 __all__ = ["SECTIONS", "BenchRow"]

@@ -65,7 +65,6 @@ def _print_status(plan) -> list:
 
 
 def _executor(args: argparse.Namespace) -> LocalExecutor | SubmititExecutor:
-    """The executor, checked (Slurm reachable) before anything is written."""
     if args.executor == "local":
         return LocalExecutor(args.jobs)
     return SubmititExecutor(Path(args.out) / "submitit", "slurm" if args.executor == "slurm" else "local",
@@ -75,11 +74,14 @@ def _executor(args: argparse.Namespace) -> LocalExecutor | SubmititExecutor:
 def run(args: argparse.Namespace) -> int:
     configs = parse_config_arguments(args.config)
     checked = check_configs(configs, args.opts)
-    executor = None if args.status else _executor(args)
+    if not args.status:
+        # Before anything is written: an unreachable Slurm is one paragraph, not a half-made experiment.
+        SubmititExecutor.check_cluster("slurm" if args.executor == "slurm" else "local")
     plan = build_plan(args, {name: config_digest(path) for name, path in configs.items()})
     rows = _print_status(plan)
-    if executor is None:
+    if args.status:
         return 0
+    executor = _executor(args)
     todo = [job for job, state in rows if state.state not in (DONE, RUNNING)]
     if todo:
         run_kwargs = {} if isinstance(executor, LocalExecutor) else {"wait": not args.no_wait}

@@ -1,15 +1,16 @@
 """``python -m perforation_d2 demo``: the main job end to end on the embedded synthetic cohort.
 
-Steps, each the public command a user would run (training goes through ``train_net.py`` in a
-subprocess, exactly as documented):
+Steps, each the public command a user would run, in a subprocess, exactly as documented:
 
 1. ``synth``: generate the synthetic cohort;
 2. ``validate`` and ``split``: check it and split it at patient level (stratified K-fold);
-3. ``train_net.py``: train a quick single-frame RetinaNet and a quick temporal RetinaNet
-   (temporal convolution, T=5) on the training folds, each evaluated with series optimisation
-   on the held-out patients by ``DSASeriesEvaluator`` at the end of training;
-4. ``compare``: AUC with patient-level bootstrap CIs, DeLong test, ensemble, Table-1-style table;
-5. a report folder: ``report.md`` with the table, ROC/PR plots and overlays of a few held-out series.
+3. ``cross-validate``: a quick single-frame RetinaNet and a quick temporal RetinaNet (temporal
+   convolution, T=5) trained on every fold's training side, one run each; each series is
+   predicted by the model that never saw its patient (``DSASeriesEvaluator`` with series
+   optimisation at the end of each training), pooled, and scored per fold and overall;
+4. ``compare`` on the pooled out-of-fold predictions: AUC with patient-level bootstrap CIs,
+   DeLong test, ensemble, Table-1-style table;
+5. a report folder: ``report.md`` with the tables, ROC/PR plots and overlays of a few series.
 """
 
 from __future__ import annotations
@@ -73,32 +74,6 @@ class _Steps:
         self.after_step()
         self._check(title, proc.returncode, self.log_path)
 
-    def run_parallel(self, jobs: list[tuple[str, list[str]]], env: dict[str, str]) -> None:
-        """Run ``(title, argv)`` jobs at the same time, each logging to its own file."""
-        start = time.perf_counter()
-        running = []
-        for index, (title, argv) in enumerate(jobs):
-            print(f"\n== {title} (in parallel)\n$ {' '.join(argv)}", flush=True)
-            log_path = self.log_path.with_name(f"{self.log_path.stem}.job{index}.log")
-            with open(log_path, "w", encoding="utf-8") as log:
-                log.write(f"== {title}\n$ {' '.join(argv)}\n")
-            log = open(log_path, "a", encoding="utf-8")  # closed after the job ends
-            running.append((title, log_path, log, time.perf_counter(),
-                            subprocess.Popen(argv, cwd=self.log_path.parent, env=env, stdout=log, stderr=subprocess.STDOUT)))
-        failures = []
-        for title, log_path, log, job_start, proc in running:
-            returncode = proc.wait()
-            log.close()
-            elapsed = time.perf_counter() - job_start
-            self.timings.append((title, elapsed))
-            print(f"   {title}: done in {elapsed:.0f} s (log: {log_path.name})", flush=True)
-            if returncode != 0:
-                failures.append((title, returncode, log_path))
-        print(f"   parallel steps took {time.perf_counter() - start:.0f} s", flush=True)
-        self.after_step()
-        for title, returncode, log_path in failures:
-            self._check(title, returncode, log_path)
-
     @staticmethod
     def _check(title: str, returncode: int, log_path: Path) -> None:
         if returncode != 0:
@@ -133,37 +108,32 @@ def _run_steps(args: argparse.Namespace, out: Path, claim: FolderClaim) -> int:
               [py, "-m", "perforation_d2", "split", "--cohort", str(cohort_json), "--folds", str(args.folds),
                "--seed", str(args.seed), "--out", str(cohort_dir)], env)
 
-    train_set, val_set = "synth_fold0_train", "synth_fold0_val"
-    predictions: dict[str, Path] = {}
-    jobs = []
-    for short, title, config in MODELS:
-        model_dir = out / "models" / short
-        opts = [
-            "DATASETS.TRAIN", f"('{train_set}',)", "DATASETS.TEST", f"('{val_set}',)",
-            "INPUT.FRAME_SIZE", str(args.size), "SEED", str(args.seed), "OUTPUT_DIR", str(model_dir),
-        ]
-        if args.iters:
-            opts += ["SOLVER.MAX_ITER", str(args.iters), "SOLVER.CHECKPOINT_PERIOD", str(args.iters)]
-        jobs.append((f"train and evaluate {title}",
-                     [py, "-m", "perforation_d2", "train", "--config-file", str(config_path(config)), *opts]))
-        predictions[short] = model_dir / "inference" / val_set / "predictions.json"
-    # The models train side by side, one CPU thread each: on a 2-core machine that beats two
-    # runs after another with two threads each (small convolutions scale poorly across threads).
-    thread_env = dict(env, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    steps.run_parallel(jobs, thread_env)
-
-    # --splits/--fold: score exactly the held-out series (the models never saw them).
+    # Every (model, fold): each series is predicted by the model that never saw its patient.
     splits_json = cohort_dir / "splits.json"
+    cv_dir = out / "cv"
+    cv_cmd = [py, "-m", "perforation_d2", "cross-validate", "--cohort", str(cohort_json), "--splits", str(splits_json),
+              "--runs", "1", "--jobs", "2", "--out", str(cv_dir)]
+    for short, _title, config in MODELS:
+        cv_cmd += ["--config", f"{short}={config_path(config)}"]
+    cv_cmd += ["INPUT.FRAME_SIZE", str(args.size)]
+    if args.iters:
+        cv_cmd += ["SOLVER.MAX_ITER", str(args.iters), "SOLVER.CHECKPOINT_PERIOD", str(args.iters)]
+    # Two trainings side by side, one CPU thread each (cross-validate splits the cores between its
+    # jobs): on a 2-core machine that beats one after another with two threads each.
+    steps.run(f"cross-validate both models ({args.folds} folds)", cv_cmd, env)
+
+    # compare on the pooled out-of-fold predictions: every series of the cohort, held out once.
+    predictions = {short: cv_dir / "report" / f"pooled_predictions_{short}_kfold_run0.json" for short, _, _ in MODELS}
     compare_dir = out / "compare"
-    compare_cmd = [py, "-m", "perforation_d2", "compare", "--gt", str(cohort_json), "--splits", str(splits_json),
-                   "--fold", "0", "--out", str(compare_dir), "--bootstrap", str(args.bootstrap), "--seed", str(args.seed)]
+    compare_cmd = [py, "-m", "perforation_d2", "compare", "--gt", str(cohort_json), "--out", str(compare_dir),
+                   "--bootstrap", str(args.bootstrap), "--seed", str(args.seed)]
     for short, title, _config in MODELS:
         compare_cmd += ["--pred", str(predictions[short]), "--name", title]
-    steps.run("compare the models on the held-out patients", compare_cmd, env)
+    steps.run("compare the models on the pooled out-of-fold predictions", compare_cmd, env)
 
     from ..report.demo_report import write_report
 
-    report = write_report(out, cohort_json, splits_json, val_set, MODELS, predictions, compare_dir, steps.timings,
+    report = write_report(out, cohort_json, cv_dir, MODELS, predictions, compare_dir, steps.timings,
                           time.perf_counter() - started, args)
     from ..report.demo_report import temporal_verdict
 

@@ -138,17 +138,22 @@ class TrainingJob(submitit.helpers.Checkpointable):
 class SubmititExecutor:
     """Jobs through submitit: Slurm, or submitit's local executor (``cluster="local"``)."""
 
-    def __init__(self, folder: Path, cluster: str = "slurm", partition: str | None = None, gpus_per_job: int = 0,
-                 timeout_min: int = 720, slurm_extra: Sequence[str] = (), cpus_per_job: int | None = None):
-        if cluster == "slurm" and shutil.which("sbatch") is None:
+    @staticmethod
+    def check_cluster(cluster: str) -> None:
+        """One paragraph, before anything is written, when Slurm is not reachable from here."""
+        if cluster != "slurm":
+            return
+        if shutil.which("sbatch") is None:
             raise DSAInputError(
                 "--executor slurm: no Slurm here (the sbatch command is not on PATH); run on a Slurm login node, "
                 "or use --executor local."
             )
-        if cluster == "slurm":
-            probe = subprocess.run(["sinfo", "--noheader", "--summarize"], capture_output=True, text=True, timeout=60)
-            if probe.returncode != 0:
-                raise DSAInputError(f"--executor slurm: Slurm does not answer (sinfo: {probe.stderr.strip()[:300]}).")
+        probe = subprocess.run(["sinfo", "--noheader", "--summarize"], capture_output=True, text=True, timeout=60)
+        if probe.returncode != 0:
+            raise DSAInputError(f"--executor slurm: Slurm does not answer (sinfo: {probe.stderr.strip()[:300]}).")
+
+    def __init__(self, folder: Path, cluster: str = "slurm", partition: str | None = None, gpus_per_job: int = 0,
+                 timeout_min: int = 720, slurm_extra: Sequence[str] = (), cpus_per_job: int | None = None):
         self.gpus_per_job = gpus_per_job
         self.executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
         params: dict[str, object] = {"timeout_min": timeout_min, "nodes": 1, "tasks_per_node": 1}

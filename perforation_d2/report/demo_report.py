@@ -1,4 +1,4 @@
-"""The demo's report folder: ``report.md`` with the comparison table, plots and overlays."""
+"""The demo's report folder: ``report.md`` with the cross-validated tables, plots and overlays."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from PIL import Image, ImageDraw
 
 from ..benchmarks.common import machine_description
 from ..data.cohort import load_cohort, series_labels
-from ..data.splits import read_splits
-from ..evaluation.cohort_index import restrict_cohort
 from ..evaluation.predictions import read_predictions_json, surviving_detections
 from ..evaluation.series_optimization import Detection
+from ..experiments.report_text import format_mean_std
 from ..io.atomic import atomic_save_image, atomic_write_text
 from ..io.json_io import read_json
 
@@ -40,12 +39,6 @@ def _overlay(frame_path: Path, gt_boxes: list[list[float]], detections: list[Det
         text = f"{name}: {det.score:.2f}" if det is not None else f"{name}: none"
         draw.text((4, 4 + 12 * index), text, fill=colour)
     return image
-
-
-def held_out_cohort(cohort_json: Path, splits_json: Path, fold: int = 0) -> dict:
-    """The cohort restricted to the validation series of ``fold``."""
-    cohort = load_cohort(cohort_json, check_images=False)
-    return restrict_cohort(cohort, read_splits(splits_json, cohort).fold(fold).val_video_ids)
 
 
 def write_overlays(out: Path, cohort: dict, image_root: Path, names: list[str], predictions: list[Path],
@@ -92,32 +85,35 @@ def temporal_verdict(compare: dict) -> str:
             f"{temporal['AUC']:.3f} vs {single['AUC']:.3f} (DeLong p = {p_value}).")
 
 
-def write_report(out: Path, cohort_json: Path, splits_json: Path, val_set: str, models: list[tuple[str, str, str]],
+def write_report(out: Path, cohort_json: Path, cv_dir: Path, models: list[tuple[str, str, str]],
                  predictions: dict[str, Path], compare_dir: Path, timings: list[tuple[str, float]],
                  total_seconds: float, args: argparse.Namespace) -> Path:
+    """``out/report/report.md``: the cross-validated tables, the comparison, plots and overlays."""
     report_dir = out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     compare = read_json(compare_dir / "compare.json", "comparison report")
     table = (compare_dir / "table.md").read_text()
-    shutil.copyfile(compare_dir / "roc_overlay.png", report_dir / "roc_overlay.png")
-    preview = cohort_json.parent / "preview.png"
-    if preview.exists():
-        shutil.copyfile(preview, report_dir / "cohort_preview.png")
-    per_model_rows = []
-    plots = []
-    keys = ["AUC", "threshold", "sensitivity", "specificity", "sens_at_95spec", "precision_iou50", "recall_iou50",
+    results = read_json(cv_dir / "report" / "results.json", "cross-validation results")
+    for source, name in ((compare_dir / "roc_overlay.png", "roc_overlay.png"),
+                         (cv_dir / "report" / "pr_overlay.png", "pr_overlay.png"),
+                         (cohort_json.parent / "preview.png", "cohort_preview.png")):
+        if source.exists():
+            shutil.copyfile(source, report_dir / name)
+    keys = ["AUC", "sensitivity", "specificity", "sens_at_95spec", "precision_iou50", "recall_iou50",
             "precision_center", "recall_center", "AUPRC_center", "AP50_coco", "AP_center_coco"]
+    per_model_rows = []
     for short, title, _config in models:
-        eval_dir = predictions[short].parent
-        metrics = read_json(eval_dir / "metrics.json", "metrics file")
-        cells = [f"{metrics[k]:.3f}" if isinstance(metrics.get(k), (int, float)) else "-" for k in keys]
-        per_model_rows.append(f"| {title} | " + " | ".join(cells) + " |")
-        for plot in ("roc.png", "pr.png"):
-            if (eval_dir / plot).exists():
-                shutil.copyfile(eval_dir / plot, report_dir / f"{short}_{plot}")
-                plots.append(f"{short}_{plot}")
-    overlays = write_overlays(report_dir, held_out_cohort(cohort_json, splits_json), cohort_json.parent,
-                              [t for _, t, _ in models], [predictions[s] for s, _, _ in models])
+        cells = results["table1"][short]
+        per_model_rows.append(f"| {title} | " + " | ".join(
+            "-" if cells[k]["mean"] is None else f"{cells[k]['mean']:.3f}" for k in keys) + " |")
+    folds = results["per_split_auc"]
+    fold_rows = [f"| {split} | " + " | ".join(format_mean_std(row.get(short)) for short, _, _ in models) + " |"
+                 for split, row in folds.items()]
+    fold_rows.append("| mean (± std) over folds | " + " | ".join(
+        format_mean_std(results["over_splits_auc"][short]) for short, _, _ in models) + " |")
+    cohort = load_cohort(cohort_json, check_images=False)
+    overlays = write_overlays(report_dir, cohort, cohort_json.parent, [t for _, t, _ in models],
+                              [predictions[s] for s, _, _ in models])
 
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     verdict = temporal_verdict(compare)
@@ -126,31 +122,40 @@ def write_report(out: Path, cohort_json: Path, splits_json: Path, val_set: str, 
         "",
         f"Run {stamp} on {machine_description()}; {total_seconds / 60:.1f} minutes end to end.",
         f"Synthetic cohort: {args.patients} patients at {args.size} px (seed {args.seed}), split at patient "
-        f"level into {args.folds} stratified folds; models trained on folds 1..{args.folds - 1} and evaluated on "
-        f"fold 0 ({compare['num_patients']} held-out patients, {compare['num_series']} series, "
-        f"{compare['num_positive_series']} positive), with series-level optimisation.",
+        f"level into {args.folds} stratified folds and cross-validated: each model trained once per fold on the "
+        f"other folds, and every series scored by the model that never saw its patient "
+        f"({compare['num_patients']} patients, {compare['num_series']} series, {compare['num_positive_series']} "
+        "positive), with series-level optimisation.",
         "",
         f"**{verdict}**",
         "",
-        "## Series-level classification and localisation (Table 1 layout)",
+        "## Series-level classification and localisation, pooled out-of-fold (Table 1 layout)",
         "",
         table,
-        "## All metrics per model",
+        "## AUC per held-out fold",
+        "",
+        "Each fold's held-out series alone; the last row is the mean (± sample std) over folds.",
+        "",
+        "| fold | " + " | ".join(title for _, title, _ in models) + " |",
+        "|" + "---|" * (len(models) + 1),
+        *fold_rows,
+        "",
+        "## All metrics per model (pooled out-of-fold)",
         "",
         "| model | " + " | ".join(keys) + " |",
         "|" + "---|" * (len(keys) + 1),
         *per_model_rows,
         "",
+        "The cross-validation's own report, with every job: `../cv/report/report.md`.",
+        "",
         "## Plots",
         "",
-        "![ROC overlay](roc_overlay.png)",
+        "![ROC overlay](roc_overlay.png) ![PR overlay](pr_overlay.png)",
         "",
-        *[f"![{p}]({p})" for p in plots],
-        "",
-        "## Overlays (held-out series)",
+        "## Overlays",
         "",
         "Green: ground truth; red: " + models[0][1] + "; blue: " + models[1][1]
-        + " (the box that survives series optimisation on that frame, with its score).",
+        + " (the box that survives series optimisation on that frame, with its score; out-of-fold predictions).",
         "",
         *[f"![{caption}]({png})  \n{caption}\n" for png, caption in overlays],
         "## Steps",
@@ -166,3 +171,4 @@ def write_report(out: Path, cohort_json: Path, splits_json: Path, val_set: str, 
     path = report_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n", overwrite=True)
     return path
+

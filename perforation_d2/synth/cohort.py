@@ -37,6 +37,7 @@ from ..data.cohort_writer import COHORT_FILE, CohortWriter
 from ..errors import DSAInputError
 from ..io.transaction import OutputTransaction
 from .anatomy import Anatomy, bone_map, make_anatomy
+from .blobs import perforation_site
 from .hard import plan_hard_series
 from .preview import PREVIEW_FILE, contact_sheet, preview_choice
 from .series import (
@@ -44,7 +45,6 @@ from .series import (
     RenderedSeries,
     Scanner,
     SeriesPlan,
-    perforation_site,
     plan_series,
     render_series,
     sample_num_frames,

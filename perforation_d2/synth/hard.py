@@ -27,15 +27,9 @@ from __future__ import annotations
 import numpy as np
 
 from .anatomy import Anatomy, random_placement
-from .series import (
-    BlobEvent,
-    SeriesPlan,
-    _site_on,
-    drift_and_gain,
-    perforation_site,
-    random_blob_shape,
-    random_circulation,
-)
+from .blobs import BlobEvent, perforation_site, random_blob_shape, site_on
+from .circulation import random_circulation
+from .series import SeriesPlan, drift_and_gain
 
 # 0.5 to 4 frames per second, as in the paper's cohort (section 3).
 FRAME_INTERVALS_MS = (250.0, 1000.0 / 3.0, 500.0, 2000.0 / 3.0, 1000.0, 1500.0, 2000.0)
@@ -84,10 +78,10 @@ def _shown(event: BlobEvent) -> BlobEvent:
     return event
 
 
-def _perforation(rng: np.random.Generator, anatomy: Anatomy, site: int, times: np.ndarray, onset: float) -> BlobEvent:
+def plan_growing_perforation(rng: np.random.Generator, anatomy: Anatomy, site: int, times: np.ndarray, onset: float) -> BlobEvent:
     radius, density = growth_course(rng, times, onset)
     art = anatomy.arteries
-    _, centre = _site_on(rng, art.xy, art.angle, np.array([site]), float(radius.max()))
+    _, centre = site_on(rng, art.xy, art.angle, np.array([site]), float(radius.max()))
     return _shown(BlobEvent("perforation", centre, random_blob_shape(rng), radius, density))
 
 
@@ -106,7 +100,7 @@ def _flicker(rng: np.random.Generator, anatomy: Anatomy, times: np.ndarray, t0: 
     site = perforation_site(rng, anatomy)
     art = anatomy.arteries
     # Offset from the vessel as a perforation's: by one course's grown radius, not the mixture's.
-    _, centre = _site_on(rng, art.xy, art.angle, np.array([site]), float(courses[0][0].max()))
+    _, centre = site_on(rng, art.xy, art.angle, np.array([site]), float(courses[0][0].max()))
     return _shown(BlobEvent("flicker", centre, random_blob_shape(rng), radius, density))
 
 
@@ -130,7 +124,7 @@ def plan_hard_series(
     blobs = int(rng.choice(BLOBS_PER_SERIES[0], p=BLOBS_PER_SERIES[1]))
     events: list[BlobEvent] = []
     if perforation_at is not None:
-        events.append(_perforation(rng, anatomy, perforation_at, times, onset))
+        events.append(plan_growing_perforation(rng, anatomy, perforation_at, times, onset))
     if distractors:
         events += [_flicker(rng, anatomy, times, t0) for _ in range(blobs - len(events))]
 

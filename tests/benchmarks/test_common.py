@@ -66,7 +66,7 @@ def test_markdown_table_and_registry():
         "|---|---|---|---|---|---|",
         "| data | a / b | 2.5 x | <= 3x | yes | n |",
     ]
-    assert list(SECTIONS) == ["data", "training", "inference", "evaluator"]
+    assert list(SECTIONS) == ["data", "training", "inference", "evaluator", "deployment", "node"]
     assert all(callable(section) for section in SECTIONS.values())
 
 

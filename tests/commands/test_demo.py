@@ -17,16 +17,21 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
     assert main(argv) == 0
     report = (out / "report" / "report.md").read_text()
     compare = json.loads((out / "compare" / "compare.json").read_text())
-    # Only the held-out fold is scored, and both models plus the ensemble are in the table.
-    splits = json.loads((out / "data" / "synth" / "splits.json").read_text())
-    assert compare["num_series"] == len(splits["folds"][0]["val_video_ids"])
+    # Every series is scored once, out of fold (cross-validation), and both models plus the ensemble
+    # are in the table; the per-fold AUCs give the spread.
+    cohort = json.loads((out / "data" / "synth" / "cohort.json").read_text())
+    assert compare["num_series"] == len(cohort["videos"])
+    results = json.loads((out / "cv" / "report" / "results.json").read_text())
+    assert results["missing"] == [] and set(results["per_split_auc"]) == {"fold0", "fold1"}
+    assert "AUC per held-out fold" in report
     assert [m["name"] for m in compare["models"]] == ["RetinaNet (single frame)", "RetinaNet + temporal conv (T=5)"]
     assert "| Ensemble (median) |" in report and "DeLong" in report
     assert "on series AUC" in report and "on series AUC" in capsys.readouterr().out
     assert (out / "report" / "roc_overlay.png").stat().st_size > 0
     assert list((out / "report" / "overlays").glob("*.png"))
     for name in ("single", "tconv"):
-        assert (out / "models" / name / "model_final.pth").exists()
+        for fold in (0, 1):
+            assert (out / "cv" / "jobs" / name / "kfold" / f"fold{fold}" / "run0" / "model_final.pth").exists()
     # The folder's marker lists every file the demo wrote (so --overwrite removes exactly those).
     marker = json.loads((out / MARKER_FILE).read_text())
     written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {MARKER_FILE}

@@ -57,8 +57,13 @@ def test_every_config_builds_a_model(name):
     assert model.backbone.num_frames == cfg.MODEL.TEMPORAL.NUM_FRAMES
     assert model.backbone.checkpoint_backbone == cfg.MODEL.TEMPORAL.CHECKPOINT_BACKBONE
     trainable = [p for p in model.parameters() if p.requires_grad]
-    assert len(trainable) == len(list(model.parameters()))  # nothing frozen: trained from scratch
-    assert not any("FrozenBatchNorm" in type(m).__name__ for m in model.modules())
+    assert len(trainable) == len(list(model.parameters()))  # nothing frozen
+    frozen_bn = any("FrozenBatchNorm" in type(m).__name__ for m in model.modules())
+    if name.startswith("pretrained/"):
+        # ImageNet starts keep the checkpoint's norm: its BatchNorm statistics frozen, or GroupNorm.
+        assert cfg.MODEL.RESNETS.NORM in ("FrozenBN", "GN") and frozen_bn == (cfg.MODEL.RESNETS.NORM == "FrozenBN")
+    else:
+        assert not frozen_bn  # trained from scratch
     assert all(torch.isfinite(p).all() for p in trainable)
 
 

@@ -1,21 +1,20 @@
 """Settings the trainer must carry: TEST.DSA.SERIES_OPTIMIZATION (evaluator, stored operating point)
 and the best-checkpoint score across ``--resume``.
 
-Series scores are recomputed here from the evaluator's own per-frame top detections with a small
-independent series optimisation (link consecutive frames whose box centres overlap, keep the
-heaviest chain, sum of scores x length, earliest on ties, its mean score), or their maximum
-without it. Cohorts list their frames out of order.
+Series scores are recomputed from the evaluator's own per-frame top detections by the independent
+oracle of tests/helpers/oracle.py (series optimisation in plain Python, or the plain maximum
+without it). Cohorts list their frames out of order.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 
 import pytest
 import torch
 from detectron2.utils.events import EventStorage
 from helpers.cohorts import make_toy_cohort
+from helpers.oracle import series_scores
 from helpers.quick_model import write_quick_model
 from helpers.training import load_train_net, one_thread_and_restored_determinism, tiny_opts, train_args
 
@@ -33,40 +32,6 @@ def setup_files(tmp_path_factory):
     return root, cohort_dir, config, weights
 
 
-def _inside(a, b):
-    cx, cy = a[0] + a[2] / 2, a[1] + a[3] / 2
-    return b[0] <= cx <= b[0] + b[2] and b[1] <= cy <= b[1] + b[3]
-
-
-def _expected_series_scores(cohort: dict, predictions: list[dict], optimise: bool) -> dict[str, float]:
-    frame_of = {im["id"]: (im["video_id"], im["frame_id"]) for im in cohort["images"]}
-    frames = defaultdict(dict)
-    for p in predictions:
-        video, frame = frame_of[p["image_id"]]
-        frames[video][frame] = p
-    scores = {}
-    for video in cohort["videos"]:
-        vid = video["id"]
-        dets = [frames[vid].get(f) for f in range(video["num_frames"])]
-        if not optimise:
-            scores[str(vid)] = max((d["score"] for d in dets if d), default=0.0)
-            continue
-        chains, current = [], []
-        for f, d in enumerate(dets):
-            prev = dets[f - 1] if f > 0 else None
-            linked = d and prev and (_inside(d["bbox"], prev["bbox"]) or _inside(prev["bbox"], d["bbox"]))
-            if current and not linked:
-                chains.append(current)
-                current = []
-            if d:
-                current.append(d["score"])
-        if current:
-            chains.append(current)
-        best = max(chains, key=lambda c: sum(c) * len(c), default=None)  # max() keeps the first on ties
-        scores[str(vid)] = sum(best) / len(best) if best else 0.0
-    return scores
-
-
 @pytest.mark.parametrize("optimise", [False, True])
 def test_the_evaluator_of_the_trainer_follows_the_setting(setup_files, tmp_path, optimise):
     root, cohort_dir, config, weights = setup_files
@@ -80,8 +45,8 @@ def test_the_evaluator_of_the_trainer_follows_the_setting(setup_files, tmp_path,
     cohort = json.loads((cohort_dir / "cohort.json").read_text())
     assert len(predictions) == len(cohort["images"])  # score threshold 0: one top detection per frame
     scores = json.loads((folder / "series_scores.json").read_text())
-    assert scores == pytest.approx(_expected_series_scores(cohort, predictions, optimise))
-    other = _expected_series_scores(cohort, predictions, not optimise)
+    assert scores == pytest.approx(series_scores(cohort, predictions, optimise))
+    other = series_scores(cohort, predictions, not optimise)
     assert scores != pytest.approx(other)  # this case tells the two settings apart
 
 

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import pytest
 
-from perforation_d2.evaluation.series_optimization import Detection, centre_in_box, centres_overlap, optimize_series
+from perforation_d2.evaluation.series_optimization import (
+    Detection,
+    centre_in_box,
+    centres_overlap,
+    optimize_series,
+)
 
 OTHER = (20.0, 40.0, 12.0, 14.0)
 

@@ -54,6 +54,18 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def stop_process(process: subprocess.Popen | None, timeout: float) -> None:
+    """SIGTERM ``process`` (when running), SIGKILL it after ``timeout`` s, and reap it."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 class StoreSCP:
     """DCMTK ``storescp`` receiving into ``folder`` on ``port`` as AE ``ae_title`` (start/stop);
     ``options`` are more storescp options (``--refuse``: refuse every association)."""
@@ -71,14 +83,8 @@ class StoreSCP:
         return self
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-            self.process = None
+        stop_process(self.process, timeout=10)
+        self.process = None
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.is_file()) if self.folder.exists() else []
