@@ -32,6 +32,16 @@ def add_perforation_config(cfg: CN) -> None:
     # Name in TEMPORAL_MODULE_REGISTRY: TemporalConv, TemporalAttention, BiConvGRU, BiConvLSTM.
     # Ignored when NUM_FRAMES == 1.
     _C.MODEL.TEMPORAL.MODULE = "TemporalConv"
+    # Where the clip is fused: "features" (the paper's: the backbone runs on every frame and
+    # MODULE fuses the T maps of each FPN level) or "input" (early fusion: the T grey frames are
+    # the backbone's input channels, one pass per clip; MODULE is not used). See
+    # modeling/backbone.py for why input fusion learns a time course faster.
+    _C.MODEL.TEMPORAL.FUSION = "features"
+    # Duration of a clip in ms (0: T consecutive frames). Frame rates vary from 0.5 to 4 frames/s, so
+    # T consecutive frames span 4x to 0.5x of a perforation's time course; with a span > 0 slot j takes
+    # the frame nearest to time(t) + j * CLIP_SPAN_MS / (T - 1), from the series' frame_time_ms
+    # (data/mapper.py clip_indices). A series without a frame time is then an error.
+    _C.MODEL.TEMPORAL.CLIP_SPAN_MS = 0.0
     # Spatial kernel of the ConvGRU / ConvLSTM gates.
     _C.MODEL.TEMPORAL.RNN_KERNEL_SIZE = 3
     # Channels of the attention queries/keys (values keep the FPN's channels).

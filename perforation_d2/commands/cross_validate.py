@@ -2,7 +2,9 @@
 
 Idempotent: running the same command again skips finished jobs, resumes interrupted ones from
 their last checkpoint and reruns failed ones; ``--status`` only prints the table of jobs. The
-report (``DIR/report/``) is rebuilt from whatever jobs have finished.
+report (``DIR/report/``) is rebuilt from whatever jobs have finished. Temporal models also run the
+time-use diagnostic (``--no-time-use`` skips it); ``--curve-points N`` evaluates every job N times
+over training for the AUC-over-training plot.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="subsample each split's training patients to F, stratified (repeatable; learning curve)")
     parser.add_argument("--ensemble", action="append", metavar="NAME",
                         help="a model of the median ensemble (repeatable; default: every temporal model)")
+    parser.add_argument("--no-time-use", action="store_true",
+                        help="skip the time-use diagnostic (by default every temporal model's final model is also "
+                             "evaluated with clips ablated: centre frame repeated, reversed, shuffled)")
+    parser.add_argument("--curve-points", type=bounded_int(0, 10_000, "a number of evaluations"), default=0,
+                        metavar="N", help="evaluate each job on its held-out fold N times over training "
+                                          "(TEST.EVAL_PERIOD = MAX_ITER // N) for the AUC-over-training plot only "
+                                          "(default 0: once, at the end)")
     parser.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
                         help="local processes (default), Slurm through submitit, or submitit's local executor")
     parser.add_argument("--jobs", type=positive_int, default=1, help="local executor: trainings at once")
@@ -77,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.status:
         # Before anything is written: an unreachable Slurm is one paragraph, not a half-made experiment.
         SubmititExecutor.check_cluster("slurm" if args.executor == "slurm" else "local")
-    plan = build_plan(args, {name: config_digest(path) for name, path in configs.items()})
+    plan = build_plan(args, {name: config_digest(path) for name, path in configs.items()}, checked)
     rows = _print_status(plan)
     if args.status:
         return 0

@@ -5,9 +5,11 @@
     python -m perforation_d2 export --config-file CFG --weights W --out DIR
         [--exporter dynamo|torchscript] [--overwrite] [KEY VALUE ...]
 
-Writes ``DIR/backbone.onnx`` (per-frame backbone), ``DIR/head.onnx`` (temporal module + head) and
-``DIR/export.json`` (config, weights fingerprint, operating points, input contract, the check
-against PyTorch), as one set (:mod:`perforation_d2.export`). RetinaNet-family models only.
+Writes ``DIR/backbone.onnx`` (per-frame backbone), ``DIR/head.onnx`` (temporal module + head; for
+Faster / Cascade R-CNN the fusion alone, with ``rpn_head.onnx``, ``box_pooler.onnx`` and one
+``box_head_<stage>.onnx`` per stage) and ``DIR/export.json`` (config, weights fingerprint,
+operating points, input contract, the check against PyTorch), as one set
+(:mod:`perforation_d2.export`).
 ``predict --runtime onnxruntime --onnx DIR`` runs series through them.
 """
 
@@ -34,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
                           exporter=args.exporter)
     worst = max(max(run["relative_difference"].values()) for run in record["check"]["runs"])
     points = ", ".join(f"{k} {v['threshold']:.4f}" for k, v in record["operating_points"].items()) or "none stored"
-    print(f"exported to {args.out}: backbone.onnx, head.onnx, export.json "
+    files = ", ".join(entry["file"] for entry in record["files"].values())
+    print(f"exported to {args.out}: {files}, export.json "
           f"(largest relative difference to PyTorch {worst:.1e}; operating points: {points})")
     return 0

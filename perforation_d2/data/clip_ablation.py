@@ -12,8 +12,11 @@ frames (slots ``0 .. T-1``, centre slot ``k``) as:
   generator seeded by the centre frame's index, so every run and both inference paths shuffle
   alike.
 
-The centre slot always keeps the centre frame, so the frame being detected (and its boxes) is
-unchanged; only its context moves. Each ablation is a reordering of the clip's slots
+The normal clip is the one :func:`~perforation_d2.data.mapper.clip_indices` picks (consecutive
+frames, or frames spread over ``MODEL.TEMPORAL.CLIP_SPAN_MS``); an ablation reorders its slots and
+never picks frames itself, so it means the same for both kinds of clip. The centre slot always
+keeps the centre frame, so the frame being detected (and its boxes) is unchanged; only its
+context moves. Each ablation is a reordering of the clip's slots
 (:func:`clip_slot_order`), which the per-clip mapper (:class:`AblatedClipMapper`) applies to the
 clip's frames and cached series inference can apply to the per-frame features of its windows
 (:func:`ablate_clip_batch`): the spatial backbone runs on each frame alone, so both are the same.

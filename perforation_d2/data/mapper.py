@@ -1,7 +1,10 @@
 """``DSAClipMapper``: a Detectron2 dataset dict (one frame) -> the clip the model reads.
 
 The clip of ``T = MODEL.TEMPORAL.NUM_FRAMES`` frames is centred on the dict's frame; indices
-outside the series repeat its first/last frame. Cost is kept near that of a single frame by
+outside the series repeat its first/last frame. Its frames are consecutive, or, with
+``MODEL.TEMPORAL.CLIP_SPAN_MS`` > 0, chosen by time so that every clip spans the same duration
+whatever the series' frame rate (:func:`clip_indices`, the one place that picks a clip's frames).
+Cost is kept near that of a single frame by
 
 * decoding each distinct frame once (edge repetition does not decode twice) and keeping decoded
   frames in a small per-process LRU cache (consecutive frames of a series share T-1 frames);
@@ -19,8 +22,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -31,16 +36,80 @@ from detectron2.data import detection_utils as utils
 from ..errors import DSAInputError
 from .clip_transforms import ClipAffineTransform, DSAClipAugmentation
 
-__all__ = ["DSAClipMapper", "FrameCache", "check_frame_size", "check_input_config", "clip_indices", "read_grey_frame"]
+__all__ = ["DSAClipMapper", "FrameCache", "check_clip_frame_times", "check_clip_span", "check_frame_size",
+           "check_input_config", "clip_indices", "read_grey_frame", "series_label"]
 
 logger = logging.getLogger(__name__)
 
 
-def clip_indices(frame_index: int, num_frames_in_series: int, clip_length: int) -> list[int]:
-    """Frame indices of the clip ``t-k .. t+k`` (``T = 2k+1``), clamped to the series."""
+def clip_indices(
+    frame_index: int,
+    num_frames_in_series: int,
+    clip_length: int,
+    frame_time_ms: float | None = None,
+    span_ms: float = 0.0,
+    series: str = "the series",
+) -> list[int]:
+    """Frame indices of the clip of frame ``t`` (``T = 2k+1`` slots ``j = -k .. k``), clamped to the series.
+
+    ``span_ms`` 0: the consecutive frames ``t-k .. t+k``. ``span_ms`` > 0: slot ``j`` is the frame
+    whose time is nearest to ``time(t) + j * span_ms / (T - 1)``, frame ``i`` being at
+    ``i * frame_time_ms`` (the series' frame interval); a tie takes the earlier frame, and slots
+    repeat a frame when the series is slower than the span asks. So a clip covers ``span_ms``
+    whatever the frame rate. A span without a frame time is a :class:`DSAInputError` naming
+    ``series``: falling back to consecutive frames would silently change what the model sees. A
+    one-frame series needs none: every slot is its frame whatever the timing.
+    """
     half = clip_length // 2
     last = num_frames_in_series - 1
-    return [min(max(frame_index + offset, 0), last) for offset in range(-half, half + 1)]
+    if span_ms <= 0 or clip_length == 1 or num_frames_in_series == 1:
+        offsets = range(-half, half + 1)
+    else:
+        step = span_ms / ((clip_length - 1) * _check_frame_time(frame_time_ms, span_ms, series))  # in frames
+        # Nearest frame with ties to the earlier one: ceil(x - 1/2); the tolerance keeps an exact
+        # tie (e.g. 0.5 fps with a 1 s step) a tie despite rounding in ``step``.
+        offsets = [math.ceil(j * step - 0.5 - 1e-9) for j in range(-half, half + 1)]
+    return [min(max(frame_index + offset, 0), last) for offset in offsets]
+
+
+def _check_frame_time(frame_time_ms: float | None, span_ms: float, series: str) -> float:
+    if frame_time_ms is None or not math.isfinite(frame_time_ms) or frame_time_ms <= 0:
+        raise DSAInputError(
+            f"{series}: has no frame time (got {frame_time_ms!r}), but config MODEL.TEMPORAL.CLIP_SPAN_MS = "
+            f"{span_ms:g} chooses each clip's frames by time. Record the series' frame interval (the cohort's "
+            "frame_time_ms of the video; FrameTime or FrameTimeVector in DICOM), or set "
+            "MODEL.TEMPORAL.CLIP_SPAN_MS 0 for clips of consecutive frames (the model must have been trained "
+            "that way)."
+        )
+    return float(frame_time_ms)
+
+
+def check_clip_span(span_ms: float) -> float:
+    """``MODEL.TEMPORAL.CLIP_SPAN_MS`` if it is a duration (finite, >= 0), else one :class:`DSAInputError`."""
+    if isinstance(span_ms, bool) or not isinstance(span_ms, (int, float)) or not math.isfinite(span_ms) or span_ms < 0:
+        raise DSAInputError(
+            f"config MODEL.TEMPORAL.CLIP_SPAN_MS = {span_ms!r} is not a clip duration: use 0 (clips of "
+            "consecutive frames) or a positive number of milliseconds (e.g. 4000)."
+        )
+    return float(span_ms)
+
+
+def check_clip_frame_times(dataset_dicts: Iterable[dict], span_ms: float, dataset: str = "dataset") -> None:
+    """With a clip span, every series of ``dataset_dicts`` must have a frame time: one
+    :class:`DSAInputError` naming the first series that has none (call before training starts)."""
+    if span_ms <= 0:
+        return
+    for record in dataset_dicts:
+        single_frame = len(record.get("series_file_names", ())) == 1
+        if record.get("series_frame_time_ms") is None and not single_frame:
+            _check_frame_time(None, span_ms, series_label(record, dataset))
+
+
+def series_label(record: dict, dataset: str = "dataset") -> str:
+    """How an error names the series of a frame's dataset dict (its video id and frame folder)."""
+    where = record.get("series_file_names", [record.get("file_name")])[0]
+    folder = os.path.dirname(where) if where else "?"
+    return f"{dataset}: video {record.get('video_id')} (frames in {folder})"
 
 
 def read_grey_frame(path: str) -> np.ndarray:
@@ -135,9 +204,10 @@ def _check_augmentation(aug_cfg) -> None:
 
 
 def check_input_config(cfg) -> None:
-    """The clip settings of ``cfg`` (clip length, frame size, augmentation ranges), each bad value
+    """The clip settings of ``cfg`` (clip length and span, frame size, augmentation ranges), each bad value
     one :class:`DSAInputError` paragraph: for a command to call before any work starts."""
     check_clip_length(cfg.MODEL.TEMPORAL.NUM_FRAMES)
+    check_clip_span(cfg.MODEL.TEMPORAL.CLIP_SPAN_MS)
     check_frame_size(cfg.INPUT.FRAME_SIZE)
     _check_augmentation(cfg.INPUT.DSA_AUG)
 
@@ -160,14 +230,17 @@ class DSAClipMapper:
         frame_size: int,
         augmentation: DSAClipAugmentation | None = None,
         cache_mb: float = 256.0,
+        clip_span_ms: float = 0.0,
     ):
         self.is_train = is_train
         self.num_frames = check_clip_length(num_frames)
+        self.clip_span_ms = check_clip_span(clip_span_ms)
         self.frame_size = check_frame_size(frame_size)
         self.augmentation = augmentation
         self.cache = FrameCache(int(cache_mb * 2**20))
         mode = "training" if is_train else "inference"
-        logger.info(f"[DSAClipMapper] {mode}: T={num_frames}, {frame_size}px, augmentation {augmentation}")
+        span = f" spanning {clip_span_ms:g} ms" if clip_span_ms > 0 else ""
+        logger.info(f"[DSAClipMapper] {mode}: T={num_frames}{span}, {frame_size}px, augmentation {augmentation}")
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> dict:
@@ -183,6 +256,7 @@ class DSAClipMapper:
             "frame_size": cfg.INPUT.FRAME_SIZE,
             "augmentation": augmentation,
             "cache_mb": cfg.INPUT.DSA_FRAME_CACHE_MB,
+            "clip_span_ms": cfg.MODEL.TEMPORAL.CLIP_SPAN_MS,
         }
 
     def _read(self, path: str, dataset_dict: dict, frame_index: int) -> np.ndarray:
@@ -199,7 +273,8 @@ class DSAClipMapper:
     def __call__(self, dataset_dict: dict) -> dict:
         out = dict(dataset_dict)
         files = out["series_file_names"]
-        indices = clip_indices(out["frame_id"], len(files), self.num_frames)
+        indices = clip_indices(out["frame_id"], len(files), self.num_frames, out.get("series_frame_time_ms"),
+                               self.clip_span_ms, series_label(out))
         distinct = sorted(set(indices))
         frames = [self._read(files[i], out, i) for i in distinct]
         centre = frames[distinct.index(out["frame_id"])]

@@ -75,6 +75,8 @@ def _dataset_dicts(cohort: dict, image_root: PathLike, video_ids: Iterable[int] 
                 "cohort": video["cohort"],
                 "series_file_names": file_names,
                 "num_frames": len(series),
+                # The series' frame interval (None: not recorded): clips spanning a fixed duration need it.
+                "series_frame_time_ms": video.get("frame_time_ms"),
                 "annotations": [dict(box) for box in boxes.get(image["id"], [])],
             })
     return dicts

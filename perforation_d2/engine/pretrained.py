@@ -126,6 +126,7 @@ def convert_imagenet_checkpoint(checkpoint: dict[str, Any], model: nn.Module, so
     prefix, resnet = _bottom_up(model)
     weights = to_detectron2_names(checkpoint["model"], layout)
     expected = {k: v for k, v in resnet.state_dict().items() if not k.endswith("num_batches_tracked")}
+    weights = _inflate_stem(weights, expected)
     unexpected = sorted(k for k in weights if k not in expected)
     shapes = sorted(f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}"
                     for k in weights if k in expected and tuple(weights[k].shape) != tuple(expected[k].shape))
@@ -141,6 +142,30 @@ def convert_imagenet_checkpoint(checkpoint: dict[str, Any], model: nn.Module, so
         converted.update({prefix + k: v for k, v in expected.items() if k not in weights})
     return {**{k: v for k, v in checkpoint.items() if k != "matching_heuristics"}, "model": converted,
             "__author__": f"ImageNet ({layout})"}
+
+
+_STEM = "stem.conv1.weight"
+
+
+def _inflate_stem(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An RGB stem onto an input-fusion stem of T grey channels (``MODEL.TEMPORAL.FUSION "input"``).
+
+    The grey frame is replicated into R, G and B for a single-frame model, so the RGB kernels
+    summed act on it exactly as the three copies did (up to the per-channel normalisation, which
+    differs by < 3% between ImageNet's channels). That kernel goes to the centre slot and the
+    other slots start at zero: the model starts as the pretrained single-frame network and learns
+    the time course from there, rather than from a stem that averages growth away.
+    """
+    stem, target = weights.get(_STEM), expected.get(_STEM)
+    if stem is None or target is None or stem.dim() != 4 or target.dim() != 4:
+        return weights
+    slots = target.shape[1]
+    if stem.shape[1] != 3 or slots == 3 or slots % 2 == 0 or stem.shape[0] != target.shape[0]:
+        return weights  # not an RGB -> T-slot inflation; the shape check reports it
+    inflated = torch.zeros_like(target)
+    inflated[:, slots // 2] = stem.sum(dim=1)
+    logger.info(f"{_STEM}: the RGB stem summed onto the centre of {slots} input-fusion slots (others start at 0).")
+    return {**weights, _STEM: inflated}
 
 
 def _mismatch_message(source: str, layout: str, unexpected: list[str], shapes: list[str], missing: list[str]) -> str:

@@ -54,7 +54,7 @@ from ..config import CONFIG_DIR, add_perforation_config
 from ..data import DSAClipMapper, register_cohort_dir, register_dsa_cohort, register_dsa_splits
 from ..data.clip_ablation import AblatedClipMapper, check_clip_ablation
 from ..data.cohort import load_cohort, series_labels
-from ..data.mapper import check_input_config
+from ..data.mapper import check_clip_frame_times, check_input_config
 from ..errors import DSAInputError
 from ..evaluation import DSASeriesEvaluator
 from ..io.json_io import read_json
@@ -137,6 +137,8 @@ class Trainer(DefaultTrainer):
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
+        # Before the first step, not at the first clip of such a series in a loader worker.
+        check_clip_frame_times(dataset, cfg.MODEL.TEMPORAL.CLIP_SPAN_MS, ", ".join(cfg.DATASETS.TRAIN))
         sampler = None
         per_rank_batch = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
         if cfg.DATALOADER.DSA_POSITIVE_FRACTION > 0:

@@ -26,7 +26,7 @@ from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.mapper import read_grey_frame
+from ..data.mapper import read_grey_frame, series_label
 from ..modeling.precision import precision_from_cfg
 from ..modeling.series_inference import SeriesPredictor, load_series_frames
 from .matching import box_iou
@@ -58,7 +58,8 @@ def iterate_series_predictions(
     mapper), and outputs are returned for the frames in ``series`` only.
     """
     for records in series:
-        instances = predictor(load_series_frames(records[0], loader))
+        first = records[0]
+        instances = predictor(load_series_frames(first, loader), first.get("series_frame_time_ms"), series_label(first))
         yield list(records), [{"instances": instances[record["frame_id"]]} for record in records]
 
 
@@ -71,13 +72,14 @@ def inference_on_cohort(
     allow_tf32: bool = False,
     precision: str | None = None,
     clip_ablation: str = "none",
+    clip_span_ms: float = 0.0,
 ) -> dict:
     """Like Detectron2's ``inference_on_dataset``, but series by series with cached features.
 
     Every registered frame of ``dataset_name`` gets its output; the evaluator's ``process`` is
     called once per series with that series' frame dicts and outputs. Series (not frames) are
     sharded across processes, so each series is predicted whole by one worker. ``allow_tf32``,
-    ``precision`` and ``clip_ablation`` are :class:`SeriesPredictor`'s.
+    ``precision``, ``clip_ablation`` and ``clip_span_ms`` are :class:`SeriesPredictor`'s.
     """
     if isinstance(model, DistributedDataParallel):
         model = model.module
@@ -90,7 +92,7 @@ def inference_on_cohort(
     evaluator.reset()
     predictor = SeriesPredictor(
         model, frame_size=frame_size, batch_size=batch_size, allow_tf32=allow_tf32, precision=precision,
-        clip_ablation=clip_ablation,
+        clip_ablation=clip_ablation, clip_span_ms=clip_span_ms,
     )
     num_frames = sum(len(s) for s in my_series)
     logger.info(f"Start cached series inference on {len(my_series)} series ({num_frames} frames) of {dataset_name}")
@@ -126,7 +128,7 @@ def cached_series_test(trainer_cls: type, cfg, model: nn.Module, evaluators=None
         evaluator = evaluators[index] if evaluators is not None else trainer_cls.build_evaluator(cfg, dataset_name)
         results[dataset_name] = inference_on_cohort(
             model, dataset_name, evaluator, cfg.INPUT.FRAME_SIZE, precision=precision_from_cfg(cfg),
-            clip_ablation=cfg.TEST.DSA.CLIP_ABLATION,
+            clip_ablation=cfg.TEST.DSA.CLIP_ABLATION, clip_span_ms=cfg.MODEL.TEMPORAL.CLIP_SPAN_MS,
         )
         if comm.is_main_process():
             logger.info(f"Evaluation results for {dataset_name} in csv format:")

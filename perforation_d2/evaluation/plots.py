@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..io.atomic import atomic_write_bytes
 from .metrics import SeriesEvaluation
@@ -59,9 +60,14 @@ def roc_plot_png(
     return _finish_unit_square(figure, axes, "1 - specificity", "sensitivity", title, "lower right")
 
 
-def _finish_unit_square(figure, axes, xlabel: str, ylabel: str, title: str, legend_loc: str) -> bytes:
-    """Axes over [0, 1] x [0, 1] with labels, title and legend; the figure as PNG bytes."""
-    axes.set_xlim(-0.01, 1.01)
+def _finish_unit_square(figure, axes, xlabel: str, ylabel: str, title: str, legend_loc: str,
+                        unit_x: bool = True) -> bytes:
+    """Axes over [0, 1] x [0, 1] (x as the data has it without ``unit_x``) with labels, title and
+    legend; the figure as PNG bytes."""
+    if unit_x:
+        axes.set_xlim(-0.01, 1.01)
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylim(-0.01, 1.01)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
@@ -101,16 +107,27 @@ def learning_curve_png(
     curves: Sequence[tuple[str, Sequence[float], Sequence[float | None], Sequence[float | None]]],
     ylabel: str = "series AUC",
     title: str = "Learning curve",
+    xlabel: str = "fraction of training patients",
+    members: Mapping[str, Sequence[tuple[Sequence[float], Sequence[float]]]] | None = None,
 ) -> bytes:
-    """``(name, training fractions, means, stds)`` as lines with error bars over [0, 1] x [0, 1]."""
+    """``(name, xs, means, stds)`` as lines with error bars, y over [0, 1].
+
+    The default x is the fraction of training patients, over [0, 1]. With ``members`` (name ->
+    the ``(xs, ys)`` lines a curve is the mean of, e.g. one per fold) those are drawn thin in the
+    curve's colour, the mean bold, and x spans the data (e.g. iterations).
+    """
     figure = _figure()
     axes = figure.add_subplot(1, 1, 1)
-    for name, fractions, means, stds in curves:
-        shown = [(f, m, s or 0.0) for f, m, s in zip(fractions, means, stds) if m is not None]
+    for index, (name, xs_all, means, stds) in enumerate(curves):
+        colour = f"C{index % 10}"
+        for member_xs, member_ys in (members or {}).get(name, ()):
+            axes.plot(member_xs, member_ys, color=colour, linewidth=0.8, alpha=0.45)
+        shown = [(x, m, s or 0.0) for x, m, s in zip(xs_all, means, stds) if m is not None]
         if shown:
             xs, ys, errs = zip(*shown)
-            axes.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=name)
-    return _finish_unit_square(figure, axes, "fraction of training patients", ylabel, title, "lower right")
+            axes.errorbar(xs, ys, yerr=errs if any(errs) else None, marker="o", capsize=3, color=colour,
+                          linewidth=2.5 if members else 1.5, label=name)
+    return _finish_unit_square(figure, axes, xlabel, ylabel, title, "lower right", unit_x=members is None)
 
 
 def evaluation_plot_pngs(evaluation: SeriesEvaluation, title_suffix: str = "") -> dict[str, bytes]:

@@ -7,7 +7,8 @@
 - :mod:`.executors`: where jobs run: local processes in parallel, or submitit (Slurm, or its
   local executor);
 - :mod:`.report`: pooled out-of-fold metrics, Table 1 (mean +- std over runs), DeLong and ANOVA,
-  Table 2 / Table 4 / the learning curve, rebuilt from whatever jobs have finished.
+  Table 2 / Table 4 / the learning curve, rebuilt from whatever jobs have finished;
+- :mod:`.diagnostics`: the time-use table (clip ablations, pooled) and the AUC over training.
 """
 
 from .plan import ExperimentPlan, Job, build_plan

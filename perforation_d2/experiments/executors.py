@@ -34,7 +34,8 @@ Progress = Callable[[Job, int], None]
 def check_configs(configs: dict[str, Path], overrides: Sequence[str]) -> dict[str, dict]:
     """Merge and build every config (with the overrides) before any job starts.
 
-    Returns ``{name: {"dump": merged YAML, "series_optimization": bool, "num_frames": int}}``;
+    Returns ``{name: {"dump": merged YAML, "series_optimization": bool, "num_frames": int,
+    "max_iter": int, "log_period": int}}``;
     a config that does not merge or whose model does not build is one paragraph naming it.
     """
     import torch
@@ -60,6 +61,8 @@ def check_configs(configs: dict[str, Path], overrides: Sequence[str]) -> dict[st
             "dump": cfg.dump(),
             "series_optimization": bool(cfg.TEST.DSA.SERIES_OPTIMIZATION),
             "num_frames": int(cfg.MODEL.TEMPORAL.NUM_FRAMES),
+            "max_iter": int(cfg.SOLVER.MAX_ITER),
+            "log_period": int(cfg.SOLVER.LOG_PERIOD),
         }
     return checked
 

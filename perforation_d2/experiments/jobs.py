@@ -75,7 +75,7 @@ def job_state(job: Job) -> JobState:
     """What the job's folder says about it (no process is asked, only files and its lock)."""
     status = read_status(job.output_dir)
     log = status.get("log")
-    if status.get("state") == DONE and job.predictions_file.is_file():
+    if status.get("state") == DONE and all(path.is_file() for path in job.result_files):
         return JobState(DONE, log)
     if _lock_held(job.output_dir):
         return JobState(RUNNING, log)

@@ -6,7 +6,8 @@ training on one split's training side and predicting its held-out side. The spli
 jobs train on are written once under ``DIR/splits/``; ``DIR/experiment.json`` records the
 cohort, each config's merged content and the overrides, so that running the same command again
 continues the same experiment and a changed config or override is refused instead of mixing two
-experiments in one table.
+experiments in one table. The options that change what a job computes (the time-use diagnostic,
+periodic evaluation for the training curve) are part of that record too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ EXPERIMENT_FILE = "experiment.json"
 # The name the jobs register the cohort under (their datasets: <name>_fold{k}_train / _val).
 DATASET_NAME = "crossval"
 KFOLD, LOCO = "kfold", "loco"
+# The clip ablations of the time-use diagnostic a temporal job adds to its normal predictions
+# (perforation_d2.data.clip_ablation.CLIP_ABLATIONS without "none": the normal predictions are those).
+TIME_USE_ABLATIONS = ("centre", "reverse", "shuffle")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,11 @@ class Job:
     config_file: Path
     splits_json: Path
     output_dir: Path
+    time_use: bool = False  # also evaluate the final model under each clip ablation
+    eval_period: int = 0  # evaluate on the held-out side every N iterations (training curve only)
+    # Detectron2's metrics.json keeps only the latest value of a key between two log writes: a
+    # log period longer than the evaluation period would lose evaluations, so it is lowered to it.
+    log_period: int = 0
 
     @property
     def key(self) -> str:
@@ -65,6 +74,21 @@ class Job:
         """The held-out predictions the training's final evaluation writes."""
         return self.output_dir / "inference" / self.test_set / "predictions.json"
 
+    def ablation_predictions_file(self, ablation: str) -> Path:
+        """The held-out predictions of the final model with every clip ablated (time-use diagnostic)."""
+        return self.output_dir / "inference" / self.test_set / f"clip_{ablation}" / "predictions.json"
+
+    @property
+    def result_files(self) -> list[Path]:
+        """What a finished job has written: its predictions, and those of each ablation when asked."""
+        ablated = [self.ablation_predictions_file(mode) for mode in TIME_USE_ABLATIONS] if self.time_use else []
+        return [self.predictions_file, *ablated]
+
+    @property
+    def metrics_file(self) -> Path:
+        """Detectron2's ``metrics.json``: the periodic evaluations' ``dsa/AUC`` among the losses."""
+        return self.output_dir / "metrics.json"
+
 
 @dataclass
 class ExperimentPlan:
@@ -76,6 +100,8 @@ class ExperimentPlan:
     loco: bool
     overrides: list[str]
     jobs: list[Job] = field(default_factory=list)
+    time_use: bool = False
+    curve_points: int = 0
 
     def dataset_opts(self, job: Job) -> list[str]:
         return [
@@ -92,7 +118,13 @@ class ExperimentPlan:
         if resume:
             argv.append("--resume")
         # The user's overrides first, then what makes the job this job (they cannot be overridden).
-        return argv + [*self.overrides, *self.dataset_opts(job), "SEED", str(job.run), "OUTPUT_DIR", str(job.output_dir)]
+        extra = ["TEST.DSA.TIME_USE_DIAGNOSTIC", "True"] if job.time_use else []
+        if job.eval_period:
+            extra += ["TEST.EVAL_PERIOD", str(job.eval_period)]
+        if job.log_period:
+            extra += ["SOLVER.LOG_PERIOD", str(job.log_period)]
+        return argv + [*self.overrides, *self.dataset_opts(job), *extra, "SEED", str(job.run),
+                       "OUTPUT_DIR", str(job.output_dir)]
 
 
 def parse_config_arguments(values: Sequence[str]) -> dict[str, Path]:
@@ -203,6 +235,12 @@ def _check_fingerprint(out: Path, fingerprint: dict) -> None:
         problems.append(f"the cohort was {stored.get('cohort', {}).get('path')}")
     if stored.get("overrides") != fingerprint["overrides"]:
         problems.append(f"the overrides were {stored.get('overrides')} (now {fingerprint['overrides']})")
+    # An experiment recorded before these options existed ran neither.
+    if stored.get("time_use", False) != fingerprint["time_use"]:
+        problems.append(f"the time-use diagnostic was {'on' if stored.get('time_use') else 'off (--no-time-use)'} "
+                        f"(now {'on' if fingerprint['time_use'] else 'off'})")
+    if stored.get("curve_points", 0) != fingerprint["curve_points"]:
+        problems.append(f"--curve-points was {stored.get('curve_points', 0)} (now {fingerprint['curve_points']})")
     for name, digest in fingerprint["configs"].items():
         if name in stored.get("configs", {}) and stored["configs"][name]["sha256"] != digest["sha256"]:
             problems.append(f"config {name!r} had other content ({stored['configs'][name]['path']})")
@@ -212,16 +250,20 @@ def _check_fingerprint(out: Path, fingerprint: dict) -> None:
             "command again continues it; for changed settings use a new --out."
         )
     merged = {**stored, "configs": {**stored.get("configs", {}), **fingerprint["configs"]},
+              "time_use": fingerprint["time_use"], "curve_points": fingerprint["curve_points"],
               "runs": max(stored.get("runs", 0), fingerprint["runs"]),
               "fractions": sorted(set(stored.get("fractions", [])) | set(fingerprint["fractions"]))}
     if merged != stored:
         atomic_write_json(path, merged, overwrite=True)
 
 
-def build_plan(args: argparse.Namespace, config_digests: dict[str, str]) -> ExperimentPlan:
+def build_plan(args: argparse.Namespace, config_digests: dict[str, str],
+               checked: dict[str, dict] | None = None) -> ExperimentPlan:
     """The experiment of ``args`` (validated: cohort, splits, classes, fractions); writes its pins.
 
-    ``config_digests`` maps each model name to :func:`config_digest` of its config file.
+    ``config_digests`` maps each model name to :func:`config_digest` of its config file;
+    ``checked`` is :func:`~.executors.check_configs`' description of each merged config (its
+    ``num_frames`` and ``max_iter`` decide the time-use diagnostic and the evaluation period).
     """
     out = Path(args.out).expanduser().resolve()
     cohort_json = Path(args.cohort).expanduser().resolve()
@@ -233,6 +275,11 @@ def build_plan(args: argparse.Namespace, config_digests: dict[str, str]) -> Expe
             raise DSAInputError(f"--train-fraction must lie in (0, 1], got {fraction}.")
     if isinstance(args.runs, bool) or args.runs < 1:
         raise DSAInputError(f"--runs must be >= 1, got {args.runs}.")
+    time_use = not getattr(args, "no_time_use", False)
+    curve_points = int(getattr(args, "curve_points", 0) or 0)
+    if curve_points < 0:
+        raise DSAInputError(f"--curve-points must be >= 0, got {curve_points}.")
+    checked = checked or {}
     entries = _split_entries(cohort, cohort_json, args)
     kind = LOCO if args.loco else KFOLD
     problems = _single_class_problems(entries, series_labels(cohort), kind)
@@ -245,9 +292,11 @@ def build_plan(args: argparse.Namespace, config_digests: dict[str, str]) -> Expe
         "cohort": {"path": str(cohort_json), "sha256": hashlib.sha256(cohort_json.read_bytes()).hexdigest()},
         "configs": {name: {"path": str(path), "sha256": config_digests[name]} for name, path in configs.items()},
         "overrides": list(args.opts), "runs": args.runs, "fractions": fractions, "split_kind": kind,
+        "time_use": time_use, "curve_points": curve_points,
     })
     (out / "splits").mkdir(parents=True, exist_ok=True)
-    plan = ExperimentPlan(out, cohort_json, configs, args.runs, fractions, args.loco, list(args.opts))
+    plan = ExperimentPlan(out, cohort_json, configs, args.runs, fractions, args.loco, list(args.opts),
+                          time_use=time_use, curve_points=curve_points)
     for fraction in fractions:
         split_set = kind if fraction == 1.0 else f"{kind}_frac{fraction:g}"
         if fraction == 1.0:
@@ -259,12 +308,19 @@ def build_plan(args: argparse.Namespace, config_digests: dict[str, str]) -> Expe
         _write_pinned(splits_json, {"folds": chosen, "loco": []} if kind == KFOLD else {"folds": [], "loco": chosen},
                       "splits")
         for name, config_file in configs.items():
+            # Only the main split set (all training patients) gets the diagnostics; a single-frame
+            # model has no clip to ablate.
+            info = checked.get(name, {})
+            job_time_use = time_use and fraction == 1.0 and info.get("num_frames", 1) > 1
+            eval_period = max(1, info.get("max_iter", 0) // curve_points) if curve_points and fraction == 1.0 else 0
+            log_period = eval_period if eval_period and info.get("log_period", 0) > eval_period else 0
             for entry in chosen:
                 split = f"fold{entry['fold']}" if kind == KFOLD else f"loco_{safe_name(str(entry['heldout']))}"
                 for run in range(args.runs):
                     plan.jobs.append(Job(name, split_set, split, run, fraction, tuple(entry["val_video_ids"]),
                                          config_file, splits_json,
-                                         out / "jobs" / name / split_set / split / f"run{run}"))
+                                         out / "jobs" / name / split_set / split / f"run{run}",
+                                         time_use=job_time_use, eval_period=eval_period, log_period=log_period))
     return plan
 
 

@@ -6,8 +6,9 @@ the cohort with the evaluator's metrics. Then: Table 1 (every column as mean +- 
 runs, plus the median ensemble per run), DeLong tests between every pair of models per run
 (median p and the number of runs significant at 0.05), a one-way ANOVA of the runs' AUCs across
 the temporal models, Table 2 when the configs differ only in the clip length T, Table 4 per
-held-out cohort for leave-one-cohort-out, and the learning curve over training fractions. Cells
-whose jobs have not finished are listed with the reason instead.
+held-out cohort for leave-one-cohort-out, the learning curve over training fractions, and the
+diagnostics of :mod:`.diagnostics` (time use, AUC over training). Cells whose jobs have not
+finished are listed with the reason instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import itertools
 import json
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,24 +34,14 @@ from ..evaluation.plots import learning_curve_png, pr_overlay_png, roc_plot_png
 from ..evaluation.predictions import read_predictions_json
 from ..evaluation.roc import roc_statistics
 from ..io.transaction import write_output_files
+from .diagnostics import time_use_table, training_curve_png, training_curves
 from .jobs import DONE, job_state
-from .plan import KFOLD, LOCO, ExperimentPlan, Job
-from .report_text import report_markdown
+from .plan import KFOLD, LOCO, TIME_USE_ABLATIONS, ExperimentPlan, Job
+from .report_text import mean_std, report_markdown
 
 TABLE_KEYS = ("AUC", "sensitivity", "specificity", "sens_at_95spec", "precision_iou50", "recall_iou50",
               "precision_center", "recall_center", "AUPRC_center", "AP50_coco", "AP_center_coco")
 ENSEMBLE_KEYS = ("AUC", "sensitivity", "specificity", "sens_at_95spec")
-
-
-def mean_std(values: list[float | None]) -> dict[str, Any]:
-    """Mean and sample standard deviation (ddof=1) of the defined values; std None below 2 runs."""
-    defined = [float(v) for v in values if v is not None]
-    return {
-        "mean": float(np.mean(defined)) if defined else None,
-        "std": float(np.std(defined, ddof=1)) if len(defined) > 1 else None,
-        "n": len(defined),
-        "values": [None if v is None else float(v) for v in values],
-    }
 
 
 class _Scorer:
@@ -66,6 +59,14 @@ class _Scorer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DSAMetricWarning)
             return evaluate_series(self._indexes[key], predictions, self.series_optimization[model], source=source)
+
+
+def _pool(scorer: _Scorer, model: str, jobs: list[Job], predictions_file: Callable[[Job], Path],
+          source: str) -> tuple[list[dict], SeriesEvaluation]:
+    """The held-out predictions of every job of one (model, run) as one set, scored over their series."""
+    predictions = [p for job in jobs for p in read_predictions_json(predictions_file(job))]
+    video_ids = sorted(v for job in jobs for v in list(job.val_video_ids))
+    return predictions, scorer.score(model, video_ids, predictions, source)
 
 
 def _only_num_frames_differ(dumps: dict[str, str]) -> bool:
@@ -87,6 +88,7 @@ def build_report(plan: ExperimentPlan, configs: dict[str, dict], ensemble: list[
     for job in plan.jobs:
         groups[(job.config, job.split_set, job.run)].append(job)
     pooled: dict[tuple[str, str], dict[int, SeriesEvaluation]] = defaultdict(dict)
+    ablated: dict[str, dict[int, dict[str, SeriesEvaluation]]] = defaultdict(dict)
     per_split: dict[tuple[str, str], dict[int, SeriesEvaluation]] = defaultdict(dict)
     missing, files = [], {}
     for (model, split_set, run), jobs in sorted(groups.items()):
@@ -100,10 +102,17 @@ def build_report(plan: ExperimentPlan, configs: dict[str, dict], ensemble: list[
             missing.append({"model": model, "split_set": split_set, "run": run, "splits": {
                 split: {"state": s.state, "detail": s.detail, "log": s.log} for split, s in not_done.items()}})
             continue
-        predictions = [p for job in jobs for p in read_predictions_json(job.predictions_file)]
-        video_ids = sorted(v for job in jobs for v in list(job.val_video_ids))
-        pooled[(model, split_set)][run] = scorer.score(model, video_ids, predictions, f"{model} run {run}")
+        predictions, pooled[(model, split_set)][run] = _pool(
+            scorer, model, jobs, lambda job: job.predictions_file, f"{model} run {run}")
         files[f"pooled_predictions_{model}_{split_set}_run{run}.json"] = (json.dumps(predictions) + "\n").encode("utf-8")
+        if all(job.time_use for job in jobs):
+            # The time-use diagnostic's predictions, pooled exactly like the normal ones.
+            for mode in TIME_USE_ABLATIONS:
+                predictions, ablated[model].setdefault(run, {})[mode] = _pool(
+                    scorer, model, jobs, lambda job, m=mode: job.ablation_predictions_file(m),
+                    f"{model} run {run}, clips {mode}")
+                name = f"pooled_predictions_{model}_{split_set}_run{run}_clip_{mode}.json"
+                files[name] = (json.dumps(predictions) + "\n").encode("utf-8")
 
     kind = LOCO if plan.loco else KFOLD
     main = {model: runs for (model, split_set), runs in pooled.items() if split_set == kind}
@@ -170,6 +179,15 @@ def build_report(plan: ExperimentPlan, configs: dict[str, dict], ensemble: list[
         files["learning_curve.png"] = learning_curve_png([
             (model, [float(f) for f in points], [c["AUC"]["mean"] for c in points.values()],
              [c["AUC"]["std"] for c in points.values()]) for model, points in curve.items()])
+    time_use = time_use_table(main, ablated, {model: configs[model]["num_frames"] for model in main})
+    if time_use:
+        results["time_use"] = time_use
+    curves = training_curves([job for job in plan.jobs if job.split_set == kind and job_state(job).state == DONE],
+                             {name: info["max_iter"] for name, info in configs.items()})
+    if curves:
+        results["training_curve"] = curves
+        files["training_curve.json"] = (json.dumps(curves, indent=1) + "\n").encode("utf-8")
+        files["training_curve.png"] = training_curve_png(curves)
     # ROC / PR overlays of the run whose AUC is closest to its model's mean (the paper's Fig. 6).
     representative = {}
     for model, runs in main.items():

@@ -1,12 +1,26 @@
-"""``report.md`` of a cross-validation experiment, written from its ``results.json`` content."""
+"""``report.md`` of a cross-validation experiment, written from its ``results.json`` content,
+and the mean (± std over runs) cells its tables are made of."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 COLUMNS = (("AUC", "AUC"), ("sensitivity", "Sens"), ("specificity", "Spec"), ("sens_at_95spec", "mSens95"),
            ("precision_iou50", "AP50"), ("recall_iou50", "AR50"), ("precision_center", "AP_cin"),
            ("recall_center", "AR_cin"), ("AUPRC_center", "AUPRC"))
+
+
+def mean_std(values: list[float | None]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof=1) of the defined values; std None below 2 runs."""
+    defined = [float(v) for v in values if v is not None]
+    return {
+        "mean": float(np.mean(defined)) if defined else None,
+        "std": float(np.std(defined, ddof=1)) if len(defined) > 1 else None,
+        "n": len(defined),
+        "values": [None if v is None else float(v) for v in values],
+    }
 
 
 def format_mean_std(cell: dict[str, Any] | None) -> str:
@@ -75,6 +89,10 @@ def report_markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {model} | {fraction} | {format_mean_std(cell['AUC'])} | "
                              f"{format_mean_std(cell['sens_at_95spec'])} |")
         lines.append("")
+    if results.get("time_use"):
+        lines += ["## Time use", "", *time_use_markdown(results["time_use"]), ""]
+    if results.get("training_curve"):
+        lines += ["## Held-out AUC over training", "", *training_curve_markdown(results["training_curve"]), ""]
     lines += ["## Curves", "", "Pooled out-of-fold ROC and box-level PR (centre criterion) of the run whose AUC is "
               f"closest to its model's mean ({', '.join(f'{m}: run {r}' for m, r in results['overlay_runs'].items())}).",
               "", "![ROC](roc_overlay.png) ![PR](pr_overlay.png)", ""]
@@ -86,3 +104,63 @@ def report_markdown(results: dict[str, Any]) -> str:
             lines.append(f"- {cell['model']} {cell['split_set']} run {cell['run']}: {reasons}")
         lines.append("")
     return "\n".join(lines)
+
+
+_ABLATION_TITLES = (("none", "normal"), ("centre", "centre frame repeated"), ("reverse", "reversed"),
+                    ("shuffle", "shuffled"))
+
+
+def _auc_cell(cell: dict[str, Any]) -> str:
+    """The AUC (mean ± std over runs); with one run, its patient-level bootstrap 95% CI."""
+    text = format_mean_std(cell["AUC"])
+    if cell["AUC"]["n"] == 1 and cell["AUC_ci95"] and cell["AUC_ci95"][0][0] is not None:
+        low, high = cell["AUC_ci95"][0]
+        text += f" ({low:.3f}-{high:.3f})"
+    return text
+
+
+def time_use_markdown(time_use: dict[str, Any], names: dict[str, str] | None = None) -> list[str]:
+    """The time-use table (``results["time_use"]``) and what it means; ``names``: display names, in
+    the order the rows should have (models it does not name follow)."""
+    names = names or {}
+    boot = time_use["bootstrap"]
+    header = (["Model", "T"] + [f"AUC {title}" for _, title in _ABLATION_TITLES] + ["AUC lost (normal - centre)"]
+              + [f"mSens95 {title}" for _, title in _ABLATION_TITLES])
+    lines = [
+        "Pooled out-of-fold AUC and sensitivity at 95% specificity of each final model with its test clips as "
+        "they are (normal), with every clip replaced by its centre frame repeated (no temporal context), "
+        "reversed, and with its context frames shuffled. A model that uses the time course loses much AUC "
+        "without it; one that does not is a single-frame model in disguise. A single-frame model (T = 1) has "
+        "no context to remove: its normal figures are repeated in every column, unchanged by construction. "
+        f"AUC: mean (± sample std over runs); with one run, its patient-level bootstrap 95% CI "
+        f"({boot['resamples']} resamples, seed {boot['seed']}, paired over the columns).",
+        "",
+        "| " + " | ".join(header) + " |", "|---" * len(header) + "|",
+    ]
+    rows = time_use["models"]
+    for model in [m for m in names if m in rows] + [m for m in rows if m not in names]:
+        row = rows[model]
+        modes = row["modes"]
+        label = names.get(model, model) + (" (unchanged by construction)" if row["unchanged_by_construction"] else "")
+        cells = ([label.replace("|", "/"), str(row["num_frames"])] + [_auc_cell(modes[m]) for m, _ in _ABLATION_TITLES]
+                 + [format_mean_std(row["AUC_drop_centre"])]
+                 + [format_mean_std(modes[m]["sens_at_95spec"]) for m, _ in _ABLATION_TITLES])
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def training_curve_markdown(curves: dict[str, Any], image: str = "training_curve.png",
+                            data: str = "training_curve.json") -> list[str]:
+    """The AUC-over-training plot and the sentence that says what it is (and is not) for."""
+    counts = ", ".join(f"{model}: {len(entry['lines'])} line(s), {len(entry['mean'])} point(s)"
+                       for model, entry in curves.items())
+    return [
+        "Each job's series AUC on its own held-out fold, evaluated every `TEST.EVAL_PERIOD` iterations "
+        "(`--curve-points`) and after the last one, from its `metrics.json` (also in TensorBoard as `dsa/AUC`): a "
+        "thin line per fold and run, the mean over them bold. These evaluations are for this plot only, never "
+        "for model selection: every figure of this report is that of `model_final` (the `model_best.pth` the "
+        "trainer also keeps was chosen on the held-out fold and would be optimistic). "
+        f"Data: `{data}` ({counts}).",
+        "",
+        f"![held-out AUC over training]({image})",
+    ]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from torch import nn
 
 from ..errors import DSAInputError
@@ -29,8 +30,11 @@ from .graphs import (
     HEAD_FILE,
     check_exportable,
     config_fingerprint,
+    frame_levels,
+    fused_levels,
     sha256_of,
 )
+from .rcnn import BOX_POOLER_FILE, RPN_HEAD_FILE, box_head_file, num_stages, onnx_rcnn_model
 
 __all__ = ["OnnxSeriesPredictor", "onnx_series_predictor", "read_export", "require_onnxruntime"]
 
@@ -58,7 +62,12 @@ def read_export(folder: str | os.PathLike, cfg=None, weights: str | None = None)
     record = read_json(record_path, "export record", hint)
     if not isinstance(record, dict) or record.get("format") != EXPORT_FORMAT or record.get("version") != EXPORT_VERSION:
         raise DSAInputError(f"{record_path}: is not a version-{EXPORT_VERSION} {EXPORT_FORMAT} record. {hint}")
-    for key, name in (("backbone", BACKBONE_FILE), ("head", HEAD_FILE)):
+    files = record.get("files") if isinstance(record.get("files"), dict) else {}
+    graphs = {"backbone": BACKBONE_FILE, "head": HEAD_FILE}
+    graphs.update({key: entry.get("file") for key, entry in files.items() if isinstance(entry, dict)})
+    for key, name in graphs.items():
+        if not isinstance(name, str) or Path(name).name != name:
+            raise DSAInputError(f"{record_path}: its graph {key!r} is not a file name in the folder; export again.")
         path = folder / name
         if not path.is_file():
             raise DSAInputError(f"{path}: the ONNX model recorded in {record_path} is missing; export again.")
@@ -82,16 +91,17 @@ def read_export(folder: str | os.PathLike, cfg=None, weights: str | None = None)
 
 
 class OnnxSeriesPredictor(SeriesPredictor):
-    """A :class:`SeriesPredictor` whose backbone and fusion + head run in onnxruntime.
+    """A :class:`SeriesPredictor` whose graphs run in onnxruntime: the backbone, the fusion + head
+    (RetinaNet), or the fusion, RPN head, box pooler and box heads (R-CNN, :mod:`.rcnn`).
 
-    ``model`` supplies the decoding settings only (anchors, box transform, test thresholds): build
-    it from the config the export recorded (``read_export`` checks that). Runs in FP32.
+    ``model`` supplies the decoding settings only (anchors, box transform, proposal selection, test
+    thresholds): build it from the config the export recorded (``read_export`` checks that). Runs in FP32.
     """
 
     def __init__(self, model: nn.Module, folder: str | os.PathLike, frame_size: int, batch_size: int = 4,
-                 clip_ablation: str = "none", threads: int | None = None, allow_tf32: bool = False):
+                 clip_ablation: str = "none", threads: int | None = None, allow_tf32: bool = False,
+                 clip_span_ms: float = 0.0):
         check_exportable(model, str(folder))
-        super().__init__(model, frame_size, batch_size=batch_size, precision="fp32", clip_ablation=clip_ablation)
         ort = require_onnxruntime()
         options = ort.SessionOptions()
         if threads:
@@ -101,9 +111,19 @@ class OnnxSeriesPredictor(SeriesPredictor):
         providers = [("CUDAExecutionProvider", {"use_tf32": int(allow_tf32)})] if "CUDAExecutionProvider" in available else []
         providers.append("CPUExecutionProvider")
         folder = Path(folder)
-        self.backbone_session = ort.InferenceSession(str(folder / BACKBONE_FILE), options, providers=providers)
-        self.head_session = ort.InferenceSession(str(folder / HEAD_FILE), options, providers=providers)
-        self.levels = list(model.head_in_features)
+
+        def session(name: str):
+            return ort.InferenceSession(str(folder / name), options, providers=providers)
+
+        self.rcnn = not isinstance(model, RetinaNet)
+        if self.rcnn:
+            sessions = {"rpn": session(RPN_HEAD_FILE), "pooler": session(BOX_POOLER_FILE)}
+            sessions.update({f"stage_{s}": session(box_head_file(s)) for s in range(num_stages(model))})
+            model = onnx_rcnn_model(model, sessions)
+        super().__init__(model, frame_size, batch_size=batch_size, precision="fp32", clip_ablation=clip_ablation,
+                         clip_span_ms=clip_span_ms)
+        self.backbone_session, self.head_session = session(BACKBONE_FILE), session(HEAD_FILE)
+        self.levels, self.fused_levels = frame_levels(model), fused_levels(model)
 
     def _frame_features(self, images: torch.Tensor):
         self.backbone_frames += len(images)
@@ -111,12 +131,17 @@ class OnnxSeriesPredictor(SeriesPredictor):
         return {level: torch.from_numpy(x) for level, x in zip(self.levels, outputs)}
 
     def _fuse(self, clips):
-        return clips  # the temporal module is inside head.onnx
+        if not self.rcnn:
+            return clips  # the temporal module is inside head.onnx, run with the head by _head
+        feeds = {f"clips_{level}": np.ascontiguousarray(clips[level].numpy()) for level in self.levels}
+        return {level: torch.from_numpy(x) for level, x in zip(self.fused_levels, self.head_session.run(None, feeds))}
 
     def _head(self, features, image_sizes, output_size):
+        if self.rcnn:
+            return super()._head(features, image_sizes, output_size)  # top-1 on the ONNX-backed model
         feeds = {f"clips_{level}": np.ascontiguousarray(features[level].numpy()) for level in self.levels}
         outputs = [torch.from_numpy(x) for x in self.head_session.run(None, feeds)]
-        count = len(self.levels)
+        count = len(self.fused_levels)
         detections = decode_retinanet_top1(self.model, [outputs[:count], outputs[count:]], image_sizes[0], output_size)
         self.fully_decoded_frames += detections.exact_frames
         return detections.to_instances()
@@ -138,4 +163,5 @@ def onnx_series_predictor(folder: str | os.PathLike | None, cfg, model: nn.Modul
             "or the PyTorch runtime for autocast precisions."
         )
     return OnnxSeriesPredictor(model, folder, cfg.INPUT.FRAME_SIZE, batch_size=batch_size,
-                               clip_ablation=cfg.TEST.DSA.CLIP_ABLATION, allow_tf32=precision == "tf32")
+                               clip_ablation=cfg.TEST.DSA.CLIP_ABLATION, allow_tf32=precision == "tf32",
+                               clip_span_ms=cfg.MODEL.TEMPORAL.CLIP_SPAN_MS)

@@ -14,6 +14,7 @@ finishes, so a killed run loses only the series it was predicting.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -151,7 +152,9 @@ def _predict_shard(shard: Sequence[SeriesSource], found: FoundSeries, predictor:
                 frames, frame_time_ms = loaded
                 if len(frames) != source.num_frames:
                     raise DSAInputError(f"series {source.name} has {len(frames)} frames, expected {source.num_frames}.")
-                result = predict_one_series(predictor, frames, source.image_ids, plan.threshold.series_optimization)
+                # The frame time picks each clip's frames when the model's clips span a fixed duration.
+                timed = functools.partial(predictor, frame_time_ms=frame_time_ms, series=f"series {source.name}")
+                result = predict_one_series(timed, frames, source.image_ids, plan.threshold.series_optimization)
                 record = series_record(source, frames, frame_time_ms, result, plan.threshold, files)
                 if on_series is not None:
                     on_series(source, frames, result)  # writes its files into `files` too

@@ -14,6 +14,15 @@ inside a context that restores them, so they are updated exactly once. Its batch
 those of one segment, not of all N*T frames: with GroupNorm (the Base configs) checkpointing
 changes nothing numerically (on CUDA up to TF32 rounding, as segments of other sizes may get
 other convolution algorithms).
+
+``MODEL.TEMPORAL.FUSION = "input"`` fuses time before the backbone instead (early fusion): the T
+grey frames of a clip are the T input channels of one backbone pass, so the very first
+convolution sees each pixel's time-intensity curve. A perforation that grows is then told from a
+look-alike that jumps or washes out by a pixel-level filter that learns in a few hundred steps,
+where feature fusion must first learn per-frame blob features and then compare them. It costs one
+single-frame pass per frame (plus T-1 stem channels). The per-frame "features" are then the
+normalised grey frames themselves (level ``"input"``), so cached series inference, the clip
+ablations and the export treat both fusions alike.
 """
 
 from __future__ import annotations
@@ -30,9 +39,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import DSAInputError
-from .temporal_modules import build_temporal_module, check_temporal_config
+from .temporal_modules import FUSIONS, build_temporal_module, check_temporal_config
 
 __all__ = [
+    "INPUT_LEVEL",
     "TEMPORAL_BACKBONE_BUILDERS",
     "TemporalBackbone",
     "build_temporal_backbone",
@@ -41,6 +51,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# The one "level" of per-frame features under input fusion: the normalised grey frame.
+INPUT_LEVEL = "input"
 
 
 @contextlib.contextmanager
@@ -72,22 +85,28 @@ class TemporalBackbone(Backbone):
         temporal_modules: dict[str, nn.Module] | None = None,
         checkpoint_backbone: bool = False,
         checkpoint_chunk_frames: int = 4,
+        fusion: str = "features",
     ):
         """
         Args:
-            spatial: the per-frame backbone (e.g. Detectron2's FPN), shared by all frames.
+            spatial: the per-frame backbone (e.g. Detectron2's FPN), shared by all frames; under
+                input fusion, the backbone of the whole clip (T input channels).
             num_frames: T, odd.
             temporal_modules: ``{level: module}`` for every output level of ``spatial``; must be
-                None when T = 1 and given when T > 1.
+                None when T = 1 or under input fusion, and given otherwise.
             checkpoint_backbone: recompute the spatial backbone's activations in the backward pass.
             checkpoint_chunk_frames: frames per checkpointed segment.
+            fusion: ``"features"`` (per FPN level, the paper's) or ``"input"`` (early fusion).
         """
         super().__init__()
         levels = set(spatial.output_shape())
         if num_frames < 1 or num_frames % 2 == 0:
             raise ValueError(f"num_frames must be odd and positive, got {num_frames}")
-        if (num_frames == 1) != (temporal_modules is None):
-            raise ValueError("temporal_modules must be None exactly when num_frames == 1")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        self.input_fusion = fusion == "input" and num_frames > 1
+        if (num_frames == 1 or self.input_fusion) != (temporal_modules is None):
+            raise ValueError("temporal_modules must be None exactly when num_frames == 1 or under input fusion")
         if temporal_modules is not None and set(temporal_modules) != levels:
             raise ValueError(f"temporal_modules must cover the levels {sorted(levels)}")
         if checkpoint_chunk_frames < 1:
@@ -125,7 +144,15 @@ class TemporalBackbone(Backbone):
         return contextlib.nullcontext(), _batchnorm_stats_preserved(self.spatial)
 
     def forward_frames(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The spatial backbone alone on independent frames: (M, C, H, W) -> {level: (M, C, h, w)}."""
+        """The spatial backbone alone on independent frames: (M, C, H, W) -> {level: (M, C, h, w)}.
+
+        Under input fusion nothing runs per frame: the features are the grey frames (M, 1, H, W).
+        """
+        if self.input_fusion:
+            return {INPUT_LEVEL: frames[:, :1]}
+        return self._checkpointed_spatial(frames)
+
+    def _checkpointed_spatial(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         if not (self.checkpoint_backbone and self.training and torch.is_grad_enabled()):
             return self.spatial(frames)
         segments = [
@@ -135,7 +162,12 @@ class TemporalBackbone(Backbone):
         return {level: torch.cat([seg[level] for seg in segments]) for level in segments[0]}
 
     def fuse(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The temporal modules alone: {level: (N, T, C, h, w)} -> {level: (N, C, h, w)}."""
+        """The temporal modules alone: {level: (N, T, C, h, w)} -> {level: (N, C, h, w)}.
+
+        Under input fusion: the clip's grey frames {"input": (N, T, 1, H, W)} -> the backbone's levels.
+        """
+        if self.input_fusion:
+            return self._checkpointed_spatial(features[INPUT_LEVEL].flatten(1, 2))
         if self.temporal is None:
             return {level: x[:, 0] for level, x in features.items()}
         return {level: self.temporal[level](x) for level, x in features.items()}
@@ -152,7 +184,7 @@ class TemporalBackbone(Backbone):
                 "model from the same config."
             )
         features = self.forward_frames(x.flatten(0, 1))
-        if self.temporal is None:
+        if self.temporal is None and not self.input_fusion:
             return features  # T == 1: exactly the spatial backbone
         return self.fuse({level: f.unflatten(0, (n, t)) for level, f in features.items()})
 
@@ -165,10 +197,14 @@ def _build_temporal(cfg: CfgNode, input_shape: ShapeSpec, spatial_builder: str) 
             f"config: MODEL.TEMPORAL.SPATIAL_BACKBONE is {spatial_builder!r}, which is not a "
             f"spatial backbone builder; valid choices are {', '.join(valid)}."
         )
-    spatial = BACKBONE_REGISTRY.get(spatial_builder)(cfg, input_shape)
     num_frames = cfg.MODEL.TEMPORAL.NUM_FRAMES
+    fusion = cfg.MODEL.TEMPORAL.FUSION
+    if fusion == "input" and num_frames > 1:
+        # The clip's T grey frames are the stem's input channels.
+        input_shape = ShapeSpec(channels=num_frames, height=input_shape.height, width=input_shape.width)
+    spatial = BACKBONE_REGISTRY.get(spatial_builder)(cfg, input_shape)
     modules = None
-    if num_frames > 1:
+    if num_frames > 1 and fusion == "features":
         modules = {
             level: build_temporal_module(cfg, shape.channels)
             for level, shape in spatial.output_shape().items()
@@ -179,6 +215,7 @@ def _build_temporal(cfg: CfgNode, input_shape: ShapeSpec, spatial_builder: str) 
         modules,
         checkpoint_backbone=cfg.MODEL.TEMPORAL.CHECKPOINT_BACKBONE,
         checkpoint_chunk_frames=cfg.MODEL.TEMPORAL.CHECKPOINT_CHUNK_FRAMES,
+        fusion=fusion,
     )
 
 

@@ -7,15 +7,18 @@ features are recomputed T times. :class:`SeriesPredictor` runs the spatial backb
 each centre frame's clip from that window before the temporal module (``fuse``) and the head,
 whose output is decoded straight to each frame's top detection (:mod:`.top1`, no NMS).
 
-Clips follow the data layer exactly: the clip of centre frame ``t`` is frames ``clamp(t-k .. t+k)``.
-Think of the series padded with ``k`` copies of its first and last frame: the clip of ``t`` is
-then the ``T`` consecutive entries starting at padded index ``t``, so the clips of ``B``
-consecutive centre frames are the ``T``-long windows of ``B + T - 1`` consecutive padded entries,
-taken as views (``unfold``) without copying features ``T`` times.
+Clips follow the data layer exactly: the clip of centre frame ``t`` is the frames that
+:func:`~perforation_d2.data.mapper.clip_indices` picks (``clamp(t-k .. t+k)``, or with
+``MODEL.TEMPORAL.CLIP_SPAN_MS`` the frames nearest to evenly spaced times, from the series' frame
+time). Each batch of ``B`` consecutive centre frames gathers its ``(B, T)`` clips from the cached
+per-frame features by those index lists (under input fusion the cached "features" are the grey
+frames; the same code serves both).
 
-Memory is bounded by the window, not the series: at most ``B + T - 1`` frames of features are
-held at any time (``B`` = centre frames per batch; plus one stacked copy of them while the
-temporal module runs), so a 60-frame series at 1024 px costs what a short one does.
+Memory is bounded by the window, not the series: a frame's features are computed when a clip
+first needs them and dropped once no later clip does, so the window holds the frames from the
+batch's earliest to its latest clip frame: ``B + T - 1`` frames for consecutive clips, about
+``B + span / frame time`` with a span (plus one gathered ``(B, T)`` copy while the temporal module
+runs), so a 60-frame series at 1024 px costs what a short one does.
 :attr:`SeriesPredictor.peak_window_frames` records the largest window seen.
 
 Both paths compute the same numbers: on CPU they agree to the last bit in our tests. On CUDA,
@@ -39,7 +42,7 @@ from torch import nn
 
 from ..data.clip_ablation import ablate_clip_batch, check_clip_ablation
 from ..data.clip_transforms import ClipAffineTransform
-from ..data.mapper import read_grey_frame
+from ..data.mapper import check_clip_span, clip_indices, read_grey_frame
 from ..errors import DSAInputError
 from .precision import check_precision, precision_context, precision_from_cfg
 from .top1 import decode_full, decode_top1, top1
@@ -95,6 +98,8 @@ class SeriesPredictor:
             ``AblatedClipMapper`` does (``"none"``: as they are).
         decoding: ``"top1"`` (:func:`~.top1.decode_top1`) or ``"detectron2"`` (Detectron2's full
             decoding with NMS, then top-1: the same detections, slower; for benchmarks).
+        clip_span_ms: ``MODEL.TEMPORAL.CLIP_SPAN_MS`` (0: clips of consecutive frames); with a
+            span, every call must give the series' ``frame_time_ms``.
     """
 
     def __init__(
@@ -106,6 +111,7 @@ class SeriesPredictor:
         precision: str | None = None,
         clip_ablation: str = "none",
         decoding: str = "top1",
+        clip_span_ms: float = 0.0,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -124,6 +130,7 @@ class SeriesPredictor:
         if decoding not in _DECODERS:
             raise ValueError(f"decoding must be one of {', '.join(_DECODERS)}, not {decoding!r}")
         self._decode = _DECODERS[decoding]
+        self.clip_span_ms = check_clip_span(clip_span_ms)
         backbone = model.backbone
         self.num_frames = int(getattr(backbone, "num_frames", 1))
         if self.num_frames < 1 or self.num_frames % 2 == 0:
@@ -138,13 +145,14 @@ class SeriesPredictor:
 
     @classmethod
     def from_config(cls, model: nn.Module, cfg, batch_size: int = 4) -> SeriesPredictor:
-        """The predictor that ``cfg``'s test settings ask for (frame size, precision, clip ablation)."""
+        """The predictor that ``cfg``'s settings ask for (frame size, clip span, precision, clip ablation)."""
         return cls(
             model,
             frame_size=cfg.INPUT.FRAME_SIZE,
             batch_size=batch_size,
             precision=precision_from_cfg(cfg),
             clip_ablation=cfg.TEST.DSA.CLIP_ABLATION,
+            clip_span_ms=cfg.MODEL.TEMPORAL.CLIP_SPAN_MS,
         )
 
     # ---- the three stages ----------------------------------------------------------------
@@ -186,47 +194,59 @@ class SeriesPredictor:
 
     # ---- the series loop -----------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, frames: np.ndarray | torch.Tensor) -> list[Instances]:
+    def __call__(
+        self, frames: np.ndarray | torch.Tensor, frame_time_ms: float | None = None, series: str | None = None
+    ) -> list[Instances]:
         """Top-1 ``Instances`` of every frame, boxes in original-frame pixels.
 
-        ``frames``: the whole series, ``(F, H, W)`` grey or ``(F, 3, H, W)``, uint8. Runs in the
-        predictor's precision (strict FP32 by default, so that it matches
-        :func:`naive_predict_series` on GPU too).
+        ``frames``: the whole series, ``(F, H, W)`` grey or ``(F, 3, H, W)``, uint8;
+        ``frame_time_ms``: its frame interval (needed with a clip span; ``series`` names it in the
+        error when missing). Runs in the predictor's precision (strict FP32 by default, so that it
+        matches :func:`naive_predict_series` on GPU too).
         """
         with precision_context(self.precision, self.model.pixel_mean.device):
-            return self._predict(frames)
+            return self._predict(frames, frame_time_ms, series or "the series")
 
-    def _predict(self, frames: np.ndarray | torch.Tensor) -> list[Instances]:
+    def _predict(self, frames: np.ndarray | torch.Tensor, frame_time_ms: float | None, series: str) -> list[Instances]:
         frames = _as_grey_or_rgb_uint8(frames)
         num_series_frames = len(frames)
         height, width = int(frames.shape[-2]), int(frames.shape[-1])
-        clip_len, half = self.num_frames, self.num_frames // 2
+        clip_len = self.num_frames
+        clips_of = [clip_indices(t, num_series_frames, clip_len, frame_time_ms, self.clip_span_ms, series)
+                    for t in range(num_series_frames)]
+        last_use = {}  # frame index -> the last centre frame whose clip reads it
+        for t, clip in enumerate(clips_of):
+            for index in clip:
+                last_use[index] = t
         window: dict[int, Features] = {}  # frame index -> its features, each (C, h, w)
         next_frame = 0  # first frame whose features are not computed yet
+        chunk = self.batch_size + clip_len - 1  # frames per backbone run, at most
         image_size: tuple[int, int] | None = None
         outputs: list[Instances] = []
         for start in range(0, num_series_frames, self.batch_size):
             stop = min(num_series_frames, start + self.batch_size)
-            first_needed = max(0, start - half)
-            last_needed = min(num_series_frames - 1, stop - 1 + half)
-            for index in [i for i in window if i < first_needed]:
+            batch = clips_of[start:stop]
+            for index in [i for i in window if last_use[i] < start]:
                 del window[index]
-            if next_frame <= last_needed:
-                images = self._preprocess(frames[next_frame : last_needed + 1])
+            # A clip's slots are ordered in time and clips move forward with their centre, so the
+            # batch reads frames up to its last clip's last slot, and each frame is computed once.
+            last_needed = batch[-1][-1]
+            while next_frame <= last_needed:
+                until = min(last_needed + 1, next_frame + chunk)
+                images = self._preprocess(frames[next_frame:until])
                 image_size = images.image_sizes[0]
                 features = self._frame_features(images.tensor)
-                for offset, index in enumerate(range(next_frame, last_needed + 1)):
+                for offset, index in enumerate(range(next_frame, until)):
                     # clone: a view would keep the whole chunk's storage alive after eviction.
                     window[index] = {level: x[offset].clone() for level, x in features.items()}
                 del features, images
-                next_frame = last_needed + 1
+                next_frame = until
             self.peak_window_frames = max(self.peak_window_frames, len(window))
 
-            # Padded entries start .. stop-1+T-1 hold frames clamp(p - k); their T-windows are the clips.
-            entries = [min(max(p - half, 0), num_series_frames - 1) for p in range(start, stop + clip_len - 1)]
+            slots = [index for clip in batch for index in clip]
             clips = {
-                level: torch.stack([window[i][level] for i in entries]).unfold(0, clip_len, 1).permute(0, 4, 1, 2, 3)
-                for level in window[entries[0]]
+                level: torch.stack([window[i][level] for i in slots]).unflatten(0, (len(batch), clip_len))
+                for level in window[slots[0]]
             }  # each (B, T, C, h, w)
             clips = ablate_clip_batch(clips, self.clip_ablation, range(start, stop))
             fused = self._fuse(clips)
@@ -242,26 +262,29 @@ def naive_predict_series(
     frame_size: int,
     batch_size: int = 4,
     precision: str = "fp32",
+    frame_time_ms: float | None = None,
+    clip_span_ms: float = 0.0,
 ) -> list[Instances]:
     """The reference path: one clip per frame through ``model(batched_inputs)``, top-1 per frame.
 
-    Builds each clip like the test-time mapper (``clamp(t-k .. t+k)``, resized to ``frame_size``)
-    and runs the model's own ``forward``, so the backbone runs T times per frame. Like
-    :class:`SeriesPredictor`, it runs in strict FP32 unless ``precision`` says otherwise.
+    Builds each clip like the test-time mapper (the frames of
+    :func:`~perforation_d2.data.mapper.clip_indices`, resized to ``frame_size``) and runs the
+    model's own ``forward``, so the backbone runs T times per frame. Like :class:`SeriesPredictor`,
+    it runs in strict FP32 unless ``precision`` says otherwise.
     """
     check_precision(precision, model.pixel_mean.device)
     frames = _as_grey_or_rgb_uint8(frames)
     clip_len = int(getattr(model.backbone, "num_frames", 1))
-    half = clip_len // 2
     height, width = int(frames.shape[-2]), int(frames.shape[-1])
+    clips_of = [clip_indices(t, len(frames), clip_len, frame_time_ms, check_clip_span(clip_span_ms))
+                for t in range(len(frames))]
     resized = resize_frames(frames, frame_size)
     outputs: list[Instances] = []
     with torch.no_grad(), precision_context(precision, model.pixel_mean.device):
         for start in range(0, len(frames), batch_size):
             inputs = []
             for t in range(start, min(len(frames), start + batch_size)):
-                indices = [min(max(i, 0), len(frames) - 1) for i in range(t - half, t + half + 1)]
-                image = resized[indices] if clip_len > 1 else resized[t]
+                image = resized[clips_of[t]] if clip_len > 1 else resized[t]
                 inputs.append({"image": image, "height": height, "width": width})
             for output in model(inputs):
                 outputs.append(top1(output["instances"]).to("cpu"))

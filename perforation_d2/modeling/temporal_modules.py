@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import DSAInputError
 
 __all__ = [
+    "FUSIONS",
     "TEMPORAL_MODULE_REGISTRY",
     "BiConvGRU",
     "BiConvLSTM",
@@ -39,6 +40,11 @@ TEMPORAL_MODULE_REGISTRY.__doc__ = """
 Registry of temporal fusion modules: ``module(x: (N, T, C, H, W)) -> (N, C, H, W)``, the fused map
 of the clip's centre frame. Built as ``cls(cfg, channels)``.
 """
+
+
+# Where a clip is fused: per FPN level after a shared per-frame backbone (the paper's), or at the
+# input, the T frames as the backbone's input channels (see modeling/backbone.py).
+FUSIONS = ("features", "input")
 
 
 def _check_clip(x: torch.Tensor, num_frames: int, name: str) -> None:
@@ -283,6 +289,13 @@ def check_temporal_config(cfg: CfgNode) -> None:
             f"config: MODEL.TEMPORAL.NUM_FRAMES is {num_frames!r}; it must be an odd positive "
             "integer (T = 2k+1 frames centred on the annotated frame, e.g. 1, 3, 5 or 9)."
         )
+    fusion = cfg.MODEL.TEMPORAL.FUSION
+    if fusion not in FUSIONS:
+        raise DSAInputError(
+            f"config: MODEL.TEMPORAL.FUSION is {fusion!r}; valid choices are {', '.join(FUSIONS)}."
+        )
+    if fusion == "input":
+        return  # no temporal module: MODULE is not used
     name = cfg.MODEL.TEMPORAL.MODULE
     valid = sorted(registered for registered, _ in TEMPORAL_MODULE_REGISTRY)
     if num_frames > 1 and name not in valid:

@@ -10,6 +10,7 @@ index, and the worker goes on with the next one; its instances stay in storage.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import shutil
@@ -135,8 +136,10 @@ class Worker:
         for plan in scan.plans:
             dicom_series = scan.read(plan)
             frames = dicom_series.frames
-            result = predict_one_series(self.model.predictor, frames, list(range(1, len(frames) + 1)),
-                                        threshold.series_optimization)
+            # The frame time picks each clip's frames when the model's clips span a fixed duration.
+            timed = functools.partial(self.model.predictor, frame_time_ms=dicom_series.frame_time_ms,
+                                      series=f"series {series} run {plan.series_key}")
+            result = predict_one_series(timed, frames, list(range(1, len(frames) + 1)), threshold.series_optimization)
             finding = SeriesFinding.of(result, threshold)
             sources = SourceImages.read(dicom_series.source_files, dicom_series.frame_sources)
             results = build_dicom_results(finding, sources, frames, self.model.algorithm, self.gsps)

@@ -15,12 +15,13 @@ from ..benchmarks.common import machine_description
 from ..data.cohort import load_cohort, series_labels
 from ..evaluation.predictions import read_predictions_json, surviving_detections
 from ..evaluation.series_optimization import Detection
-from ..experiments.report_text import format_mean_std
+from ..experiments.report_text import format_mean_std, time_use_markdown, training_curve_markdown
 from ..io.atomic import atomic_save_image, atomic_write_text
 from ..io.json_io import read_json
 
 GT_RGB = (40, 220, 60)
 MODEL_RGB = [(255, 64, 32), (60, 140, 255), (255, 200, 0)]
+MODEL_COLOUR_NAMES = ["red", "blue", "yellow"]
 
 
 def _overlay(frame_path: Path, gt_boxes: list[list[float]], detections: list[Detection | None],
@@ -96,6 +97,7 @@ def write_report(out: Path, cohort_json: Path, cv_dir: Path, models: list[tuple[
     results = read_json(cv_dir / "report" / "results.json", "cross-validation results")
     for source, name in ((compare_dir / "roc_overlay.png", "roc_overlay.png"),
                          (cv_dir / "report" / "pr_overlay.png", "pr_overlay.png"),
+                         (cv_dir / "report" / "training_curve.png", "training_curve.png"),
                          (cohort_json.parent / "preview.png", "cohort_preview.png")):
         if source.exists():
             shutil.copyfile(source, report_dir / name)
@@ -115,6 +117,15 @@ def write_report(out: Path, cohort_json: Path, cv_dir: Path, models: list[tuple[
     overlays = write_overlays(report_dir, cohort, cohort_json.parent, [t for _, t, _ in models],
                               [predictions[s] for s, _, _ in models])
 
+    names = {short: title for short, title, _ in models}
+    diagnostics = []
+    if results.get("time_use"):
+        diagnostics += ["## Time use: normal and time-blind AUCs", "", *time_use_markdown(results["time_use"], names), ""]
+    if results.get("training_curve"):
+        diagnostics += ["## Held-out AUC over training", "", *training_curve_markdown(
+            results["training_curve"], data="../cv/report/training_curve.json"), ""]
+    legend = "; ".join(f"{MODEL_COLOUR_NAMES[i % len(MODEL_COLOUR_NAMES)]}: {title}"
+                       for i, (_, title, _) in enumerate(models))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     verdict = temporal_verdict(compare)
     lines = [
@@ -146,6 +157,7 @@ def write_report(out: Path, cohort_json: Path, cv_dir: Path, models: list[tuple[
         "|" + "---|" * (len(keys) + 1),
         *per_model_rows,
         "",
+        *diagnostics,
         "The cross-validation's own report, with every job: `../cv/report/report.md`.",
         "",
         "## Plots",
@@ -154,8 +166,8 @@ def write_report(out: Path, cohort_json: Path, cv_dir: Path, models: list[tuple[
         "",
         "## Overlays",
         "",
-        "Green: ground truth; red: " + models[0][1] + "; blue: " + models[1][1]
-        + " (the box that survives series optimisation on that frame, with its score; out-of-fold predictions).",
+        f"Green: ground truth; {legend} (the box that survives series optimisation on that frame, with its "
+        "score; out-of-fold predictions).",
         "",
         *[f"![{caption}]({png})  \n{caption}\n" for png, caption in overlays],
         "## Steps",

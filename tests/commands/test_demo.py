@@ -7,10 +7,18 @@ import json
 import pytest
 
 from perforation_d2.cli import main
+from perforation_d2.commands import demo
+from perforation_d2.experiments.report_text import format_mean_std
 from perforation_d2.io.ownership import MARKER_FILE
 
+# A third temporal model beside the demo's own, so that the report is shown to handle any number.
+EXTRA_MODEL = ("tattn", "RetinaNet + temporal attention (T=5)", "quick/retinanet_tattn_T5.yaml")
 
-def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
+
+def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, capsys, monkeypatch):
+    if len(demo.MODELS) < 3:
+        monkeypatch.setattr(demo, "MODELS", [*demo.MODELS, EXTRA_MODEL])
+    shorts = [short for short, _, _ in demo.MODELS]
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--patients", "12", "--size", "64", "--folds", "2", "--iters", "3",
             "--bootstrap", "20"]
@@ -24,14 +32,31 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
     results = json.loads((out / "cv" / "report" / "results.json").read_text())
     assert results["missing"] == [] and set(results["per_split_auc"]) == {"fold0", "fold1"}
     assert "AUC per held-out fold" in report
-    assert [m["name"] for m in compare["models"]] == ["RetinaNet (single frame)", "RetinaNet + temporal conv (T=5)"]
+    assert [m["name"] for m in compare["models"]][:2] == ["RetinaNet (single frame)", "RetinaNet + temporal conv (T=5)"]
+    assert [m["name"] for m in compare["models"]] == [title for _, title, _ in demo.MODELS]
     assert "| Ensemble (median) |" in report and "DeLong" in report
     assert "on series AUC" in report and "on series AUC" in capsys.readouterr().out
     assert (out / "report" / "roc_overlay.png").stat().st_size > 0
     assert list((out / "report" / "overlays").glob("*.png"))
-    for name in ("single", "tconv"):
+    for name in shorts:
         for fold in (0, 1):
             assert (out / "cv" / "jobs" / name / "kfold" / f"fold{fold}" / "run0" / "model_final.pth").exists()
+    # The time-use table: normal and time-blind AUCs of every model, as the cross-validation has them.
+    assert "## Time use: normal and time-blind AUCs" in report
+    section = report.split("## Time use: normal and time-blind AUCs")[1].split("\n## ")[0]
+    for short, title, _ in demo.MODELS:
+        row = results["time_use"]["models"][short]
+        assert row["unchanged_by_construction"] is (short == "single")
+        normal = format_mean_std(row["modes"]["none"]["AUC"])
+        centre = format_mean_std(row["modes"]["centre"]["AUC"])
+        line = next(line for line in section.splitlines() if line.startswith(f"| {title}"))
+        assert normal in line and centre in line
+    # The held-out AUC over training: --curve-points 4 at 3 iterations evaluates after each one.
+    curve = json.loads((out / "cv" / "report" / "training_curve.json").read_text())
+    assert set(curve) == set(shorts)
+    assert all(list(entry["mean"]) == ["1", "2", "3"] and len(entry["lines"]) == 2 for entry in curve.values())
+    assert (out / "report" / "training_curve.png").read_bytes().startswith(b"\x89PNG")
+    assert "![held-out AUC over training](training_curve.png)" in report and "never for model selection" in report
     # The folder's marker lists every file the demo wrote (so --overwrite removes exactly those).
     marker = json.loads((out / MARKER_FILE).read_text())
     written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {MARKER_FILE}

@@ -28,7 +28,7 @@ from perforation_d2.errors import DSAInputError
 
 DICT_KEYS = {
     "file_name", "image_id", "height", "width", "video_id", "frame_id", "patient_id", "cohort",
-    "series_file_names", "num_frames", "annotations",
+    "series_file_names", "num_frames", "series_frame_time_ms", "annotations",
 }
 
 
@@ -48,6 +48,7 @@ def test_one_dict_per_frame_as_documented(tmp_path):
     assert first["series_file_names"] == series and first["file_name"] == series[0]
     assert [d["frame_id"] for d in dicts] == [0, 1, 2, 0]
     assert [d["num_frames"] for d in dicts] == [3, 3, 3, 1]
+    assert {d["series_frame_time_ms"] for d in dicts} == {250.0}  # the toy cohort's frame_time_ms
     assert (first["video_id"], first["patient_id"], first["cohort"], first["image_id"]) == (1, "P000", "toy", 1)
     assert first["annotations"] == [{"bbox": [8.0, 8.0, 16.0, 16.0], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0}]
     assert dicts[3]["annotations"] == []  # patient 1 is negative

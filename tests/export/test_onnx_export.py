@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers.cohorts import make_toy_cohort
 from helpers.quick_model import QUICK_THRESHOLD, write_quick_model
 from helpers.threads import one_thread  # noqa: F401 (autouse: one intra-op thread)
 
@@ -121,7 +119,8 @@ def test_missing_onnxruntime_is_one_paragraph(monkeypatch):
     assert "onnxruntime is not installed" in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_rcnn_models_are_refused_before_any_work(tmp_path):
+def test_models_without_an_export_are_refused_before_any_work(tmp_path):
+    """R-CNN with a mask head has no export (Faster / Cascade R-CNN: tests/export/test_rcnn_export.py)."""
     from helpers.quick_model import REPO
 
     from perforation_d2.engine import SafeDetectionCheckpointer
@@ -132,10 +131,11 @@ def test_rcnn_models_are_refused_before_any_work(tmp_path):
 
     from detectron2.modeling import build_model
 
-    model = build_model(build_config(argparse.Namespace(config_file=str(config), opts=[])))
+    opts = ["MODEL.MASK_ON", "True"]
+    model = build_model(build_config(argparse.Namespace(config_file=str(config), opts=opts)))
     SafeDetectionCheckpointer(model, save_dir=str(tmp_path)).save("model_final")
-    with pytest.raises(DSAInputError, match="export supports RetinaNet-family models"):
-        export_model(str(config), str(tmp_path / "model_final.pth"), str(tmp_path / "onnx"))
+    with pytest.raises(DSAInputError, match="export supports RetinaNet-family models and Faster / Cascade R-CNN"):
+        export_model(str(config), str(tmp_path / "model_final.pth"), str(tmp_path / "onnx"), opts=opts)
     assert not (tmp_path / "onnx").exists()
 
 
@@ -164,41 +164,15 @@ def test_export_command_writes_a_checked_set(legacy_export, capsys):
     assert main([*argv, "--overwrite"]) == 0
 
 
-def _noisy_cohort(root) -> Path:
-    """The toy cohort with random frames (its uniform grey frames would tie every anchor)."""
-    from PIL import Image
-
-    json_file = make_toy_cohort(root, num_patients=3, frames=[6, 3, 1], size=56)
-    cohort = json.loads(json_file.read_text())
-    rng = np.random.default_rng(5)
-    for image in cohort["images"]:
-        Image.fromarray(rng.integers(0, 256, size=(56, 56), dtype=np.uint8)).save(json_file.parent / image["file_name"])
-    return json_file
-
-
-def test_predict_with_onnxruntime_gives_the_pytorch_decisions_and_boxes(legacy_export, tmp_path):
+def test_predict_with_onnxruntime_gives_the_pytorch_decisions_and_boxes(legacy_export, tmp_path,
+                                                                       predict_runtimes_agree):
     config, weights, folder, _ = legacy_export
-    cohort = _noisy_cohort(tmp_path / "cohort")
-    common = ["predict", "--config-file", str(config), "--weights", str(weights), "--input", str(cohort),
-              "--device", "cpu"]
-    assert main([*common, "--out", str(tmp_path / "pytorch")]) == 0
-    assert main([*common, "--out", str(tmp_path / "onnx"), "--runtime", "onnxruntime", "--onnx", str(folder)]) == 0
-    scores = {r: json.loads((tmp_path / r / "series_scores.json").read_text()) for r in ("pytorch", "onnx")}
-    assert scores["pytorch"].keys() == scores["onnx"].keys() and len(scores["onnx"]) == 3
-    for video, expected in scores["pytorch"].items():
-        got = scores["onnx"][video]
-        assert got["perforation"] == expected["perforation"] and got["frame_of_max"] == expected["frame_of_max"]
-        assert got["score"] == pytest.approx(expected["score"], abs=SCORE_TOLERANCE)
-        assert got["box"] == pytest.approx(expected["box"], abs=BOX_TOLERANCE_PX)
-    predictions = {r: json.loads((tmp_path / r / "predictions.json").read_text()) for r in ("pytorch", "onnx")}
-    assert [p["image_id"] for p in predictions["onnx"]] == [p["image_id"] for p in predictions["pytorch"]]
-    for got, expected in zip(predictions["onnx"], predictions["pytorch"]):
-        assert got["bbox"] == pytest.approx(expected["bbox"], abs=BOX_TOLERANCE_PX)
+    predict_runtimes_agree(config, weights, folder, tmp_path)
 
 
-def test_predict_refuses_an_export_of_another_config(legacy_export, tmp_path, capsys):
+def test_predict_refuses_an_export_of_another_config(legacy_export, tmp_path, capsys, make_noisy_cohort):
     config, weights, folder, _ = legacy_export
-    cohort = _noisy_cohort(tmp_path / "cohort")
+    cohort = make_noisy_cohort(tmp_path / "cohort")
     argv = ["predict", "--config-file", str(config), "--weights", str(weights), "--input", str(cohort),
             "--out", str(tmp_path / "out"), "--runtime", "onnxruntime", "--onnx", str(folder),
             "MODEL.RETINANET.NMS_THRESH_TEST", "0.4"]

@@ -189,3 +189,55 @@ def test_checkpointing_is_off_at_inference():
     with torch.no_grad():
         backbone(torch.randn(2, 3, 3, 64, 64))
     assert len(calls) == 1  # all six frames in one pass, no segments
+
+
+def test_input_fusion_runs_one_backbone_on_the_stacked_grey_frames():
+    cfg = _cfg("quick/retinanet_input_T5.yaml", num_frames=5)
+    torch.manual_seed(0)
+    backbone = build_backbone(cfg).eval()
+    assert backbone.input_fusion and backbone.temporal is None
+    assert backbone.spatial.bottom_up.stem.conv1.weight.shape[1] == 5  # one input channel per slot
+    torch.manual_seed(1)
+    plain = build_retinanet_resnet_fpn_backbone(cfg, ShapeSpec(channels=5)).eval()
+    plain.load_state_dict(backbone.spatial.state_dict())
+    grey = torch.randn(2, 5, 1, 64, 64)
+    clips = grey.expand(-1, -1, 3, -1, -1)  # grey replicated to 3 channels, as the mapper sends it
+    with torch.no_grad():
+        fused = backbone(clips)
+        frames = backbone.forward_frames(clips.flatten(0, 1))
+        by_parts = backbone.fuse({k: v.unflatten(0, (2, 5)) for k, v in frames.items()})
+        expected = plain(grey.flatten(1, 2))
+        reversed_clip = backbone(clips.flip(1))
+    assert list(frames) == ["input"] and frames["input"].shape == (10, 1, 64, 64)
+    assert sorted(fused) == sorted(expected)
+    for level in expected:
+        assert torch.equal(fused[level], expected[level]), level
+        assert torch.equal(by_parts[level], expected[level]), level
+    # The stem sees frame order: a clip and its reverse give different features.
+    assert not torch.allclose(reversed_clip["p3"], fused["p3"], atol=1e-4)
+
+
+def test_input_fusion_cached_series_inference_equals_the_naive_path():
+    from detectron2.modeling import build_model
+    from helpers.series_models import quick_cfg, random_frames, widen_heads
+
+    from perforation_d2.modeling.series_inference import SeriesPredictor, naive_predict_series
+
+    torch.manual_seed(0)
+    cfg = quick_cfg("retinanet_input_T5.yaml", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0")
+    model = widen_heads(build_model(cfg).eval())
+    frames = random_frames(7)
+    predictor = SeriesPredictor(model, 64, batch_size=3)
+    cached = predictor(frames)
+    naive = naive_predict_series(model, frames, 64, batch_size=3)
+    assert predictor.backbone_frames == 7
+    assert len(cached) == len(naive) == 7
+    for a, b in zip(cached, naive):
+        assert len(a) == len(b) == 1
+        torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-4, rtol=0)
+        torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=0)
+
+
+def test_unknown_fusion_is_one_clear_error():
+    with pytest.raises(DSAInputError, match="MODEL.TEMPORAL.FUSION is 'late'.*features, input"):
+        build_backbone(_cfg(num_frames=5, FUSION="late"))

@@ -136,3 +136,23 @@ def test_other_checkpoints_load_as_before(tmp_path):
     SafeDetectionCheckpointer(other).load(str(path))
     for (name, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_rgb_stem_inflates_onto_the_input_fusion_stem(tmp_path):
+    net = _random_torchvision(18)
+    path = tmp_path / "resnet18.pth"
+    torch.save(net.state_dict(), path)
+    model = build_model(_cfg("pretrained/quick_retinanet_input_T5_R18_torchvision.yaml")).eval()
+    SafeDetectionCheckpointer(model).load(str(path))
+    bottom_up = model.backbone.spatial.bottom_up
+    stem = bottom_up.stem.conv1.weight
+    assert stem.shape == (64, 5, 7, 7)
+    assert torch.equal(stem[:, 2], net.conv1.weight.sum(dim=1))
+    assert not stem[:, [0, 1, 3, 4]].any()
+    # A clip of one repeated grey frame then gives torchvision's features of that frame in RGB.
+    grey = torch.randn(1, 1, 64, 64)
+    expected = _torchvision_stages(net, grey.expand(1, 3, 64, 64))
+    bottom_up._out_features = ["res5"]
+    with torch.no_grad():
+        got = bottom_up(grey.expand(1, 5, 64, 64))
+    torch.testing.assert_close(got["res5"], expected["res5"], rtol=1e-4, atol=1e-4)

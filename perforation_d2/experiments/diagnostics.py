@@ -1,0 +1,124 @@
+"""The cross-validation report's diagnostics: does a model use time, and how did it train.
+
+- :func:`time_use_table`: every model's pooled out-of-fold AUC and sensitivity at 95%
+  specificity with its clips as they are, with the centre frame repeated, reversed and
+  shuffled (the jobs' time-use diagnostic, pooled like the normal predictions), each AUC with a
+  patient-level bootstrap 95% interval, and the AUC lost without context (normal - centre). A
+  single-frame model has no context to remove: its normal figures fill every column.
+- :func:`training_curves`: the held-out side's AUC over training from each job's
+  ``metrics.json`` (Detectron2's EvalHook puts the evaluator's ``dsa/AUC`` there every
+  ``TEST.EVAL_PERIOD`` iterations and after the last one), one line per fold and run and their
+  mean. The final models are ``model_final`` whatever this curve shows: it is a plot, never a
+  model selection.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..evaluation.bootstrap import bootstrap_auc_intervals
+from ..evaluation.metrics import SeriesEvaluation
+from ..evaluation.plots import learning_curve_png
+from .plan import TIME_USE_ABLATIONS, Job
+from .report_text import mean_std
+
+NORMAL = "none"
+TIME_USE_MODES = (NORMAL, *TIME_USE_ABLATIONS)
+# Patient-level bootstrap of the time-use AUCs, paired over the ablations (the same resamples).
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 2000, 0
+CURVE_KEY = "dsa/AUC"
+
+
+def time_use_table(main: dict[str, dict[int, SeriesEvaluation]],
+                   ablated: dict[str, dict[int, dict[str, SeriesEvaluation]]],
+                   num_frames: dict[str, int]) -> dict[str, Any]:
+    """``{model: {"num_frames", "unchanged_by_construction", "modes": {mode: cells}, "AUC_drop_centre"}}``.
+
+    ``main`` holds each model's pooled evaluation per run, ``ablated`` the pooled evaluation of
+    each clip ablation per run (temporal models whose jobs ran the diagnostic). A temporal model
+    without the diagnostic (``--no-time-use``) is left out; with no temporal model left there is
+    nothing to tell and the table is empty.
+    """
+    table: dict[str, Any] = {}
+    for model, runs in main.items():
+        temporal = num_frames[model] > 1
+        if temporal and not all(run in ablated.get(model, {}) for run in runs):
+            continue
+        per_run = {run: {NORMAL: evaluation,
+                         **(ablated[model][run] if temporal else dict.fromkeys(TIME_USE_ABLATIONS, evaluation))}
+                   for run, evaluation in sorted(runs.items())}
+        intervals = {run: bootstrap_auc_intervals(
+            evals[NORMAL].labels, [evals[mode].scores for mode in TIME_USE_MODES], evals[NORMAL].patient_ids,
+            BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED) for run, evals in per_run.items()}
+        modes = {}
+        for position, mode in enumerate(TIME_USE_MODES):
+            modes[mode] = {
+                "AUC": mean_std([evals[mode].metrics["AUC"] for evals in per_run.values()]),
+                "sens_at_95spec": mean_std([evals[mode].metrics["sens_at_95spec"] for evals in per_run.values()]),
+                "AUC_ci95": [[intervals[run][position].low, intervals[run][position].high] for run in per_run],
+            }
+        drops = [None if evals[NORMAL].metrics["AUC"] is None or evals["centre"].metrics["AUC"] is None
+                 else evals[NORMAL].metrics["AUC"] - evals["centre"].metrics["AUC"] for evals in per_run.values()]
+        table[model] = {"num_frames": num_frames[model], "unchanged_by_construction": not temporal,
+                        "runs": list(per_run), "modes": modes, "AUC_drop_centre": mean_std(drops)}
+    if not any(not row["unchanged_by_construction"] for row in table.values()):
+        return {}
+    return {"bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "unit": "patient",
+                          "level": 0.95, "interval": "percentile"}, "models": table}
+
+
+def read_auc_points(metrics_file: Path, max_iter: int) -> dict[int, float]:
+    """``{iterations trained: AUC}`` of the evaluations in one training's ``metrics.json``.
+
+    EvalHook's periodic evaluation after ``k * EVAL_PERIOD`` iterations is stored under
+    iteration ``k * EVAL_PERIOD - 1`` (the step just run), the final one under ``MAX_ITER``; a
+    resumed training appends, and the later line of an iteration wins. Lines cut short by a
+    killed training and undefined AUCs (one class) are skipped.
+    """
+    points: dict[int, float] = {}
+    if not metrics_file.is_file():
+        return points
+    for line in metrics_file.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        value = entry.get(CURVE_KEY) if isinstance(entry, dict) else None
+        if isinstance(value, (int, float)) and math.isfinite(value) and isinstance(entry.get("iteration"), int):
+            points[min(entry["iteration"] + 1, max_iter)] = float(value)
+    return points
+
+
+def training_curves(jobs: Sequence[Job], max_iter: dict[str, int]) -> dict[str, Any]:
+    """Per model: ``{"lines": {"fold0/run0": {iterations: AUC}}, "mean": {iterations: AUC}}``.
+
+    Iterations are JSON keys (strings). The mean is taken at the iterations every line has. Only
+    models with at least one line of two or more points (periodic evaluation) are returned.
+    """
+    curves: dict[str, Any] = {}
+    for job in jobs:
+        points = read_auc_points(job.metrics_file, max_iter[job.config])
+        if len(points) >= 2:
+            lines = curves.setdefault(job.config, {"lines": {}})["lines"]
+            lines[f"{job.split}/run{job.run}"] = {str(i): auc for i, auc in sorted(points.items())}
+    for entry in curves.values():
+        common = set.intersection(*(set(line) for line in entry["lines"].values()))
+        entry["mean"] = {i: float(np.mean([line[i] for line in entry["lines"].values()]))
+                         for i in sorted(common, key=int)}
+    return curves
+
+
+def training_curve_png(curves: dict[str, Any]) -> bytes:
+    """AUC vs iterations: per model a thin line per fold and run, its mean bold."""
+    return learning_curve_png(
+        [(model, [int(i) for i in entry["mean"]], list(entry["mean"].values()), [None] * len(entry["mean"]))
+         for model, entry in curves.items()],
+        title="Held-out AUC over training", xlabel="iterations",
+        members={model: [([int(i) for i in line], list(line.values())) for line in entry["lines"].values()]
+                 for model, entry in curves.items()})
