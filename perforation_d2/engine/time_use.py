@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -35,8 +35,13 @@ def time_use_diagnostic(
     model: torch.nn.Module,
     ablations: Sequence[str] = CLIP_ABLATIONS,
     write: bool = True,
+    normal_results: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` under each clip ablation; return (and write) the time-use summary.
+
+    ``normal_results``: what ``trainer_cls.test(cfg, model)`` just returned for this very model
+    with unablated clips (the trainer's final evaluation); the "none" entry is then taken from it
+    and its predictions from the default evaluator folder, instead of evaluating again.
 
     ``trainer_cls`` provides ``test(cfg, model, evaluators)`` and ``build_evaluator(cfg, dataset,
     output_folder)`` (the project's :class:`~perforation_d2.engine.Trainer`). Returns
@@ -48,6 +53,13 @@ def time_use_diagnostic(
     modes = [m for m in ablations if m == "none" or num_frames > 1] or ["none"]
     summary: dict[str, Any] = {"dataset": dataset, "num_frames": num_frames, "ablations": {}, "AUC_drop": {}}
     for mode in modes:
+        if mode == "none" and normal_results is not None and cfg.TEST.DSA.CLIP_ABLATION == "none":
+            metrics = _dsa_metrics(normal_results, cfg)
+            summary["ablations"][mode] = {
+                **{key: _finite(metrics.get(key)) for key in _REPORTED},
+                "predictions": os.path.join(cfg.OUTPUT_DIR, "inference", dataset, "predictions.json"),
+            }
+            continue
         run_cfg = _with_ablation(cfg, mode)
         folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset, f"clip_{mode}")
         evaluator = trainer_cls.build_evaluator(run_cfg, dataset, output_folder=folder)
@@ -56,7 +68,7 @@ def time_use_diagnostic(
                 cfg.OUTPUT_DIR, "inference", name, f"clip_{mode}"))
             for name in cfg.DATASETS.TEST[1:]
         ])
-        metrics = (results if len(cfg.DATASETS.TEST) == 1 else results.get(dataset, {})).get("dsa", {})
+        metrics = _dsa_metrics(results, cfg)
         summary["ablations"][mode] = {
             **{key: _finite(metrics.get(key)) for key in _REPORTED},
             "predictions": os.path.join(folder, "predictions.json"),
@@ -72,6 +84,12 @@ def time_use_diagnostic(
         atomic_write_json(path, summary, overwrite=True)
         logger.info(f"Time-use diagnostic written to {path}")
     return summary
+
+
+def _dsa_metrics(results: Mapping[str, Any], cfg: CfgNode) -> Mapping[str, Any]:
+    # DefaultTrainer.test returns the evaluator's dict directly for a single test set.
+    per_dataset = results if len(cfg.DATASETS.TEST) == 1 else results.get(cfg.DATASETS.TEST[0], {})
+    return per_dataset.get("dsa", {})
 
 
 def _with_ablation(cfg: CfgNode, mode: str) -> CfgNode:

@@ -120,7 +120,9 @@ class Trainer(DefaultTrainer):
         """Detectron2's training loop, then the time-use diagnostic with ``TEST.DSA.TIME_USE_DIAGNOSTIC``."""
         results = super().train()
         if self.cfg.TEST.DSA.TIME_USE_DIAGNOSTIC and self.cfg.DATASETS.TEST and self.iter >= self.max_iter:
-            for line in time_use_lines(time_use_diagnostic(type(self), self.cfg, self.model)):
+            # The final evaluation (EvalHook's, just run on this model) is the "none" entry.
+            normal = getattr(self, "_last_eval_results", None)
+            for line in time_use_lines(time_use_diagnostic(type(self), self.cfg, self.model, normal_results=normal)):
                 logger.info(line)
         return results
 

@@ -29,6 +29,7 @@ from helpers.dicom_factory import (
     write_single_frame_series,
     write_xa,
 )
+from helpers.quick_model import write_quick_config, write_quick_model
 from PIL import Image
 
 import perforation_d2
@@ -62,37 +63,14 @@ def salt_file(tmp_path_factory, monkeypatch) -> Path:
     return path
 
 
-def _write_config(folder: Path, base: str) -> Path:
-    config = folder / f"{Path(base).stem}_64px.yaml"
-    config.write_text(
-        f'_BASE_: "{REPO / "configs" / "quick" / base}"\n'
-        "INPUT:\n  FRAME_SIZE: 64\n"
-        "MODEL:\n  RETINANET:\n    SCORE_THRESH_TEST: 0.0\n"
-    )
-    return config
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
-    """A random quick temporal RetinaNet (T=5) saved like the trainer saves it, operating point included."""
+    """A random quick temporal RetinaNet (T=5) saved like the trainer saves it, with and without an
+    operating point (the same weights)."""
     root = tmp_path_factory.mktemp("model")
-    config = _write_config(root, "retinanet_tconv_T5.yaml")
-    cfg = get_cfg()
-    perforation_d2.add_perforation_config(cfg)
-    cfg.merge_from_file(str(config))
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    point = OperatingPoint("youden")
-    point.state = {"method": "youden", "threshold": THRESHOLD, "sensitivity": 1.0, "specificity": 1.0,
-                   "dataset": "toy_val", "iteration": 10}
-    SafeDetectionCheckpointer(model, save_dir=str(root / "with_point"), operating_point=point).save("model_final")
-    SafeDetectionCheckpointer(model, save_dir=str(root / "bare")).save("model_final")
-    return {
-        "config": config,
-        "weights": root / "with_point" / "model_final.pth",
-        "bare_weights": root / "bare" / "model_final.pth",
-        "root": root,
-    }
+    config, weights = write_quick_model(root / "with_point", THRESHOLD)
+    _, bare_weights = write_quick_model(root / "bare", None, config=config)
+    return {"config": config, "weights": weights, "bare_weights": bare_weights, "root": root}
 
 
 def predict(trained, input_path, out, *extra: str, weights: Path | None = None, config: Path | None = None) -> int:
@@ -332,7 +310,7 @@ def test_bad_input_is_a_clear_error(trained, tmp_path, capsys):
     assert str(notes) in error_of(notes, tmp_path / "o3")
     assert "no such file" in error_of(tmp_path / "absent", tmp_path / "o4")
 
-    single_frame_config = _write_config(tmp_path, "retinanet.yaml")
+    single_frame_config = write_quick_config(tmp_path, "retinanet.yaml")
     assert "do not match" in error_of(cohort, tmp_path / "o5", config=single_frame_config)
 
     assert "no youden operating point" in error_of(cohort, tmp_path / "o6", weights=trained["bare_weights"])

@@ -60,6 +60,14 @@ def test_the_time_use_table_equals_evaluate_on_each_pooled_ablation(experiment, 
     assert not any((job / "time_use.json").exists() for job in _jobs(out, "single"))
     tconv = rows["tconv"]
     assert tconv["unchanged_by_construction"] is False and tconv["num_frames"] == 5
+    # The "none" entry is the trainer's final evaluation, not a second one: its predictions are the
+    # normal ones and its AUC is that final evaluation's.
+    for job in _jobs(out, "tconv"):
+        none = json.loads((job / "time_use.json").read_text())["ablations"]["none"]
+        assert Path(none["predictions"]) == next(job.glob("inference/*_val/predictions.json"))
+        assert not list(job.glob("inference/*_val/clip_none"))
+        final = json.loads(next(job.glob("inference/*_val/metrics.json")).read_text())
+        assert none["AUC"] == pytest.approx(final["AUC"], abs=1e-12)
     by_hand = {}
     for mode in MODES:
         predictions = _concatenated(out, "tconv", mode)

@@ -294,7 +294,10 @@ def test_sigkill_and_restart_resend_what_was_pending_and_nothing_acknowledged(no
 def test_identity_only_in_the_results_sent_back(node, inputs):
     received = node.root / "received"
     if not received.exists() or not (node.root / "predict_out").exists():
-        pytest.skip("checks the outputs of the earlier tests of this module; run the whole module")
+        message = "checks the outputs of the earlier tests of this module; run the whole module"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)  # in CI the module always runs whole, in order: missing outputs are a bug
+        pytest.skip(message)
     results = [pydicom.dcmread(p) for p in sorted(received.rglob("*")) if p.is_file()]
     assert len(results) >= 6  # two series, then the held and the XRF series after the restart
     ids_by_patient = {ids["PatientID"]: ids for ids in inputs["ids"].values()}
