@@ -37,6 +37,10 @@ def add_perforation_config(cfg: CN) -> None:
     # the backbone's input channels, one pass per clip; MODULE is not used). See
     # modeling/backbone.py for why input fusion learns a time course faster.
     _C.MODEL.TEMPORAL.FUSION = "features"
+    # Under input fusion, what the stem sees of the clip (modeling/time_course.py), stacked in this
+    # order: "frames" (the T frames), "extrema" (rise above / fall below the centre frame before
+    # and after it, 4 maps) and "differences" (the T-1 frame-to-frame changes).
+    _C.MODEL.TEMPORAL.INPUT_MAPS = ["frames"]
     # Duration of a clip in ms (0: T consecutive frames). Frame rates vary from 0.5 to 4 frames/s, so
     # T consecutive frames span 4x to 0.5x of a perforation's time course; with a span > 0 slot j takes
     # the frame nearest to time(t) + j * CLIP_SPAN_MS / (T - 1), from the series' frame_time_ms

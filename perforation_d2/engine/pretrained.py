@@ -126,7 +126,8 @@ def convert_imagenet_checkpoint(checkpoint: dict[str, Any], model: nn.Module, so
     prefix, resnet = _bottom_up(model)
     weights = to_detectron2_names(checkpoint["model"], layout)
     expected = {k: v for k, v in resnet.state_dict().items() if not k.endswith("num_batches_tracked")}
-    weights = _inflate_stem(weights, expected)
+    centre = next((m.input_centre_channel for m in model.modules() if hasattr(m, "input_centre_channel")), None)
+    weights = _inflate_stem(weights, expected, centre)
     unexpected = sorted(k for k in weights if k not in expected)
     shapes = sorted(f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k].shape)}"
                     for k in weights if k in expected and tuple(weights[k].shape) != tuple(expected[k].shape))
@@ -147,24 +148,28 @@ def convert_imagenet_checkpoint(checkpoint: dict[str, Any], model: nn.Module, so
 _STEM = "stem.conv1.weight"
 
 
-def _inflate_stem(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An RGB stem onto an input-fusion stem of T grey channels (``MODEL.TEMPORAL.FUSION "input"``).
+def _inflate_stem(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                  centre: int | None) -> dict[str, torch.Tensor]:
+    """An RGB stem onto an input-fusion stem (``MODEL.TEMPORAL.FUSION "input"``) whose channel
+    ``centre`` is the clip's centre frame (the other channels: the clip's other frames and its
+    time-course maps, ``MODEL.TEMPORAL.INPUT_MAPS``).
 
     The grey frame is replicated into R, G and B for a single-frame model, so the RGB kernels
     summed act on it exactly as the three copies did (up to the per-channel normalisation, which
     differs by < 3% between ImageNet's channels). That kernel goes to the centre slot and the
-    other slots start at zero: the model starts as the pretrained single-frame network and learns
+    other channels start at zero: the model starts as the pretrained single-frame network and learns
     the time course from there, rather than from a stem that averages growth away.
     """
     stem, target = weights.get(_STEM), expected.get(_STEM)
-    if stem is None or target is None or stem.dim() != 4 or target.dim() != 4:
-        return weights
+    if centre is None or stem is None or target is None or stem.dim() != 4 or target.dim() != 4:
+        return weights  # not input fusion, or no raw centre frame: the shape check reports a mismatch
     slots = target.shape[1]
-    if stem.shape[1] != 3 or slots == 3 or slots % 2 == 0 or stem.shape[0] != target.shape[0]:
-        return weights  # not an RGB -> T-slot inflation; the shape check reports it
+    if stem.shape[1] != 3 or stem.shape[0] != target.shape[0] or not 0 <= centre < slots:
+        return weights  # not an RGB -> input-fusion inflation; the shape check reports it
     inflated = torch.zeros_like(target)
-    inflated[:, slots // 2] = stem.sum(dim=1)
-    logger.info(f"{_STEM}: the RGB stem summed onto the centre of {slots} input-fusion slots (others start at 0).")
+    inflated[:, centre] = stem.sum(dim=1)
+    logger.info(f"{_STEM}: the RGB stem summed onto channel {centre} (the centre frame) of {slots} "
+                "input-fusion channels (others start at 0).")
     return {**weights, _STEM: inflated}
 
 

@@ -1,8 +1,9 @@
 """The spatio-temporal backbone: a shared per-frame FPN and one temporal module per FPN level.
 
 ``TemporalBackbone`` takes clips ``(N, T, C, H, W)``, runs the spatial FPN backbone on all N*T
-frames (``forward_frames``) and fuses the T maps of every level into one map for the centre frame
-(``fuse``); see docs/ARCHITECTURE.md, "Backbone contract". With T = 1 it has no temporal module and
+frames and fuses the T maps of every level into one map for the centre frame. Cached series
+inference calls the two halves itself: ``forward_frames`` (all that depends on one frame) once
+per frame and ``fuse`` once per clip; see docs/ARCHITECTURE.md, "Backbone contract". With T = 1 it has no temporal module and
 its output is exactly the spatial backbone's.
 
 ``MODEL.TEMPORAL.CHECKPOINT_BACKBONE`` recomputes the spatial backbone's activations in the
@@ -22,7 +23,8 @@ look-alike that jumps or washes out by a pixel-level filter that learns in a few
 where feature fusion must first learn per-frame blob features and then compare them. It costs one
 single-frame pass per frame (plus T-1 stem channels). The per-frame "features" are then the
 normalised grey frames themselves (level ``"input"``), so cached series inference, the clip
-ablations and the export treat both fusions alike.
+ablations and the export treat both fusions alike. ``MODEL.TEMPORAL.INPUT_MAPS`` adds order
+statistics and frame differences of the clip to the raw frames (:mod:`.time_course`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import DSAInputError
 from .temporal_modules import FUSIONS, build_temporal_module, check_temporal_config
+from .time_course import centre_channel, check_time_course_maps, time_course_channels, time_course_maps
 
 __all__ = [
     "INPUT_LEVEL",
@@ -86,6 +89,7 @@ class TemporalBackbone(Backbone):
         checkpoint_backbone: bool = False,
         checkpoint_chunk_frames: int = 4,
         fusion: str = "features",
+        input_maps: tuple[str, ...] = ("frames",),
     ):
         """
         Args:
@@ -97,6 +101,7 @@ class TemporalBackbone(Backbone):
             checkpoint_backbone: recompute the spatial backbone's activations in the backward pass.
             checkpoint_chunk_frames: frames per checkpointed segment.
             fusion: ``"features"`` (per FPN level, the paper's) or ``"input"`` (early fusion).
+            input_maps: under input fusion, the map families the stem sees (:mod:`.time_course`).
         """
         super().__init__()
         levels = set(spatial.output_shape())
@@ -105,6 +110,8 @@ class TemporalBackbone(Backbone):
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         self.input_fusion = fusion == "input" and num_frames > 1
+        check_time_course_maps(input_maps)
+        self.input_maps = tuple(input_maps)
         if (num_frames == 1 or self.input_fusion) != (temporal_modules is None):
             raise ValueError("temporal_modules must be None exactly when num_frames == 1 or under input fusion")
         if temporal_modules is not None and set(temporal_modules) != levels:
@@ -132,6 +139,11 @@ class TemporalBackbone(Backbone):
         return self.spatial.output_shape()
 
     @property
+    def input_centre_channel(self) -> int | None:
+        """Under input fusion, the stem channel that holds the unaltered centre frame (else None)."""
+        return centre_channel(self.input_maps, self.num_frames) if self.input_fusion else None
+
+    @property
     def size_divisibility(self) -> int:
         return self.spatial.size_divisibility
 
@@ -144,13 +156,18 @@ class TemporalBackbone(Backbone):
         return contextlib.nullcontext(), _batchnorm_stats_preserved(self.spatial)
 
     def forward_frames(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The spatial backbone alone on independent frames: (M, C, H, W) -> {level: (M, C, h, w)}.
+        """Everything that depends on one frame only: (M, C, H, W) -> {level: (M, C', h, w)}.
 
-        Under input fusion nothing runs per frame: the features are the grey frames (M, 1, H, W).
+        That is the spatial backbone, then the temporal module's per-frame stage where it has one
+        (``per_frame``, e.g. the recurrent cells' input convolutions; C' = C otherwise). Under
+        input fusion nothing runs per frame: the features are the grey frames (M, 1, H, W).
         """
         if self.input_fusion:
             return {INPUT_LEVEL: frames[:, :1]}
-        return self._checkpointed_spatial(frames)
+        features = self._checkpointed_spatial(frames)
+        if self.temporal is None:
+            return features
+        return {level: _per_frame(self.temporal[level], x) for level, x in features.items()}
 
     def _checkpointed_spatial(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         if not (self.checkpoint_backbone and self.training and torch.is_grad_enabled()):
@@ -164,13 +181,14 @@ class TemporalBackbone(Backbone):
     def fuse(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The temporal modules alone: {level: (N, T, C, h, w)} -> {level: (N, C, h, w)}.
 
-        Under input fusion: the clip's grey frames {"input": (N, T, 1, H, W)} -> the backbone's levels.
+        Under input fusion: the clip's grey frames {"input": (N, T, 1, H, W)} -> their time-course
+        maps -> the backbone's levels.
         """
         if self.input_fusion:
-            return self._checkpointed_spatial(features[INPUT_LEVEL].flatten(1, 2))
+            return self._checkpointed_spatial(time_course_maps(features[INPUT_LEVEL][:, :, 0], self.input_maps))
         if self.temporal is None:
             return {level: x[:, 0] for level, x in features.items()}
-        return {level: self.temporal[level](x) for level, x in features.items()}
+        return {level: _fuse_frames(self.temporal[level], x) for level, x in features.items()}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Clips (N, T, C, H, W) -> {level: (N, C, h, w)}, fused for each clip's centre frame."""
@@ -183,10 +201,21 @@ class TemporalBackbone(Backbone):
                 f"MODEL.TEMPORAL.NUM_FRAMES = {self.num_frames}; build the data mapper and the "
                 "model from the same config."
             )
-        features = self.forward_frames(x.flatten(0, 1))
-        if self.temporal is None and not self.input_fusion:
+        if self.input_fusion:
+            return self.fuse({INPUT_LEVEL: self.forward_frames(x.flatten(0, 1))[INPUT_LEVEL].unflatten(0, (n, t))})
+        features = self._checkpointed_spatial(x.flatten(0, 1))
+        if self.temporal is None:
             return features  # T == 1: exactly the spatial backbone
-        return self.fuse({level: f.unflatten(0, (n, t)) for level, f in features.items()})
+        # The module's own clip path: it computes per-frame parts only for the frames it reads.
+        return {level: self.temporal[level](f.unflatten(0, (n, t))) for level, f in features.items()}
+
+
+def _per_frame(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return module.per_frame(x) if hasattr(module, "per_frame") else x
+
+
+def _fuse_frames(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return module.fuse_frames(x) if hasattr(module, "fuse_frames") else module(x)
 
 
 def _build_temporal(cfg: CfgNode, input_shape: ShapeSpec, spatial_builder: str) -> TemporalBackbone:
@@ -199,9 +228,11 @@ def _build_temporal(cfg: CfgNode, input_shape: ShapeSpec, spatial_builder: str) 
         )
     num_frames = cfg.MODEL.TEMPORAL.NUM_FRAMES
     fusion = cfg.MODEL.TEMPORAL.FUSION
+    input_maps = tuple(cfg.MODEL.TEMPORAL.INPUT_MAPS)
     if fusion == "input" and num_frames > 1:
-        # The clip's T grey frames are the stem's input channels.
-        input_shape = ShapeSpec(channels=num_frames, height=input_shape.height, width=input_shape.width)
+        # The clip's time-course maps (by default its T grey frames) are the stem's input channels.
+        channels = time_course_channels(input_maps, num_frames)
+        input_shape = ShapeSpec(channels=channels, height=input_shape.height, width=input_shape.width)
     spatial = BACKBONE_REGISTRY.get(spatial_builder)(cfg, input_shape)
     modules = None
     if num_frames > 1 and fusion == "features":
@@ -216,6 +247,7 @@ def _build_temporal(cfg: CfgNode, input_shape: ShapeSpec, spatial_builder: str) 
         checkpoint_backbone=cfg.MODEL.TEMPORAL.CHECKPOINT_BACKBONE,
         checkpoint_chunk_frames=cfg.MODEL.TEMPORAL.CHECKPOINT_CHUNK_FRAMES,
         fusion=fusion,
+        input_maps=input_maps,
     )
 
 

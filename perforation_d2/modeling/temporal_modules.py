@@ -7,6 +7,11 @@ own: the levels see structures of different sizes and their temporal statistics 
 
 Modules are chosen by name (``MODEL.TEMPORAL.MODULE``) from ``TEMPORAL_MODULE_REGISTRY``; a
 registered class is built as ``cls(cfg, channels)`` through Detectron2's ``@configurable``.
+
+A module may also split itself into a per-frame stage and a clip stage, ``per_frame(x: (M, C, H,
+W)) -> (M, C', H, W)`` and ``fuse_frames(y: (N, T, C', H, W)) -> (N, C, H, W)`` with
+``fuse_frames(per_frame(frames) as clips) == forward(clips)``: whatever depends on one frame only
+then runs once per frame in cached series inference, not once per clip (the recurrent modules).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.utils.registry import Registry
 from torch import nn
+from torch.nn import functional as F
 
 from ..errors import DSAInputError
 
@@ -170,47 +176,78 @@ def sinusoidal_offsets(num_frames: int, dim: int) -> torch.Tensor:
 
 
 class ConvGRUCell(nn.Module):
-    """Convolutional GRU cell (Ballas et al. 2015): gates are convolutions over [x, h]."""
+    """Convolutional GRU cell (Ballas et al. 2015): gates are convolutions over [x, h].
+
+    A convolution over [x, h] is one over x plus one over h, so the cell runs in two parts:
+    :meth:`input_part` (the x halves of both convolutions, with their biases) depends on one
+    frame only and is computed once per frame by cached series inference; :meth:`step` adds the
+    h halves. A zero state (the first step) has no h half at all.
+    """
 
     def __init__(self, channels: int, kernel_size: int):
         super().__init__()
-        padding = kernel_size // 2
+        self.padding = kernel_size // 2
         self.channels = channels
-        self.gates = nn.Conv2d(2 * channels, 2 * channels, kernel_size, padding=padding)
-        self.candidate = nn.Conv2d(2 * channels, channels, kernel_size, padding=padding)
+        self.gates = nn.Conv2d(2 * channels, 2 * channels, kernel_size, padding=self.padding)
+        self.candidate = nn.Conv2d(2 * channels, channels, kernel_size, padding=self.padding)
         for layer in (self.gates, self.candidate):
             weight_init.c2_xavier_fill(layer)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        update, reset = torch.sigmoid(self.gates(torch.cat([x, h], dim=1))).chunk(2, dim=1)
-        candidate = torch.tanh(self.candidate(torch.cat([x, reset * h], dim=1)))
+    def input_part(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, C, H, W) -> (M, 3C, H, W): the x halves of the gate and candidate convolutions."""
+        c = self.channels
+        weight = torch.cat([self.gates.weight[:, :c], self.candidate.weight[:, :c]])
+        return F.conv2d(x, weight, torch.cat([self.gates.bias, self.candidate.bias]), padding=self.padding)
+
+    def step(self, x_part: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+        """The next state from the frame's :meth:`input_part` and the state (None: zero)."""
+        c = self.channels
+        if h is None:
+            update = torch.sigmoid(x_part[:, :c])
+            return update * torch.tanh(x_part[:, 2 * c :])
+        gates = x_part[:, : 2 * c] + F.conv2d(h, self.gates.weight[:, c:], padding=self.padding)
+        update, reset = torch.sigmoid(gates).chunk(2, dim=1)
+        candidate = torch.tanh(x_part[:, 2 * c :] + F.conv2d(reset * h, self.candidate.weight[:, c:], padding=self.padding))
         return (1 - update) * h + update * candidate
 
-    def initial_state(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(x)
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+        return self.step(self.input_part(x), h)
 
 
 class ConvLSTMCell(nn.Module):
-    """Convolutional LSTM cell (Shi et al. 2015); the state is the pair (h, c)."""
+    """Convolutional LSTM cell (Shi et al. 2015); the state is the pair (h, c).
+
+    Runs in two parts like :class:`ConvGRUCell`: :meth:`input_part` (the x half of the gate
+    convolution, per frame) and :meth:`step`.
+    """
 
     def __init__(self, channels: int, kernel_size: int):
         super().__init__()
+        self.padding = kernel_size // 2
         self.channels = channels
-        self.gates = nn.Conv2d(2 * channels, 4 * channels, kernel_size, padding=kernel_size // 2)
+        self.gates = nn.Conv2d(2 * channels, 4 * channels, kernel_size, padding=self.padding)
         weight_init.c2_xavier_fill(self.gates)
         with torch.no_grad():
             # Forget-gate bias 1: remember by default early in training (Jozefowicz et al. 2015).
             self.gates.bias[channels : 2 * channels].fill_(1.0)
 
-    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        h, c = state
-        i, f, o, g = self.gates(torch.cat([x, h], dim=1)).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return h, c
+    def input_part(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, C, H, W) -> (M, 4C, H, W): the x half of the gate convolution."""
+        return F.conv2d(x, self.gates.weight[:, : self.channels], self.gates.bias, padding=self.padding)
 
-    def initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.zeros_like(x), torch.zeros_like(x)
+    def step(self, x_part: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None):
+        """The next (h, c) from the frame's :meth:`input_part` and the state (None: zero)."""
+        if state is None:
+            i, _, o, g = x_part.chunk(4, dim=1)
+            c = torch.sigmoid(i) * torch.tanh(g)
+        else:
+            h, c = state
+            i, f, o, g = (x_part + F.conv2d(h, self.gates.weight[:, self.channels :], padding=self.padding)).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None):
+        return self.step(self.input_part(x), state)
 
 
 class _BidirectionalConvRNN(nn.Module):
@@ -220,6 +257,12 @@ class _BidirectionalConvRNN(nn.Module):
     states at the centre frame t = T//2 are used, so each runs just the k+1 steps that reach it
     (later steps cannot influence those states). The two states are concatenated (2C channels)
     and projected back to C by a 1x1 convolution.
+
+    Two stages, for cached series inference (``TemporalBackbone.forward_frames`` / ``fuse``):
+    :meth:`per_frame` computes both cells' input parts once per frame, and :meth:`fuse_frames`
+    runs the recurrence on a clip of them. A frame belongs to T clips, so the input half of every
+    gate convolution is then computed once instead of up to T times. :meth:`forward` on a clip
+    computes the input parts only for the frames each cell reads.
     """
 
     cell_class: type[nn.Module]
@@ -250,18 +293,38 @@ class _BidirectionalConvRNN(nn.Module):
     def _hidden(state) -> torch.Tensor:
         return state[0] if isinstance(state, tuple) else state
 
+    def _recur(self, forward_parts: torch.Tensor, backward_parts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centre states from the input parts of frames 0..c (forward cell) and c..T-1 (backward cell)."""
+        state = None
+        for t in range(forward_parts.shape[1]):
+            state = self.forward_cell.step(forward_parts[:, t], state)
+        forward_h = self._hidden(state)
+        state = None
+        for t in range(backward_parts.shape[1] - 1, -1, -1):
+            state = self.backward_cell.step(backward_parts[:, t], state)
+        return forward_h, self._hidden(state)
+
+    @staticmethod
+    def _per_frame(cell: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return cell.input_part(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
     def centre_states(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states (N, C, H, W) of the forward and the backward pass at the centre frame."""
         _check_clip(x, self.num_frames, type(self).__name__)
         centre = x.shape[1] // 2
-        state = self.forward_cell.initial_state(x[:, 0])
-        for t in range(centre + 1):
-            state = self.forward_cell(x[:, t], state)
-        forward_h = self._hidden(state)
-        state = self.backward_cell.initial_state(x[:, 0])
-        for t in range(x.shape[1] - 1, centre - 1, -1):
-            state = self.backward_cell(x[:, t], state)
-        return forward_h, self._hidden(state)
+        return self._recur(self._per_frame(self.forward_cell, x[:, : centre + 1]),
+                           self._per_frame(self.backward_cell, x[:, centre:]))
+
+    def per_frame(self, x: torch.Tensor) -> torch.Tensor:
+        """Frames (M, C, H, W) -> both cells' input parts (M, 2P, H, W), forward cell first."""
+        return torch.cat([self.forward_cell.input_part(x), self.backward_cell.input_part(x)], dim=1)
+
+    def fuse_frames(self, parts: torch.Tensor) -> torch.Tensor:
+        """Clips of :meth:`per_frame` outputs (N, T, 2P, H, W) -> (N, C, H, W), equal to :meth:`forward`."""
+        _check_clip(parts, self.num_frames, type(self).__name__)
+        centre, half = parts.shape[1] // 2, parts.shape[2] // 2
+        states = self._recur(parts[:, : centre + 1, :half], parts[:, centre:, half:])
+        return self.proj(torch.cat(states, dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(torch.cat(self.centre_states(x), dim=1))
@@ -295,6 +358,9 @@ def check_temporal_config(cfg: CfgNode) -> None:
             f"config: MODEL.TEMPORAL.FUSION is {fusion!r}; valid choices are {', '.join(FUSIONS)}."
         )
     if fusion == "input":
+        from .time_course import check_time_course_maps  # a sibling that imports nothing of ours back
+
+        check_time_course_maps(cfg.MODEL.TEMPORAL.INPUT_MAPS)
         return  # no temporal module: MODULE is not used
     name = cfg.MODEL.TEMPORAL.MODULE
     valid = sorted(registered for registered, _ in TEMPORAL_MODULE_REGISTRY)

@@ -217,14 +217,15 @@ def test_input_fusion_runs_one_backbone_on_the_stacked_grey_frames():
     assert not torch.allclose(reversed_clip["p3"], fused["p3"], atol=1e-4)
 
 
-def test_input_fusion_cached_series_inference_equals_the_naive_path():
+@pytest.mark.parametrize("config", ["retinanet_input_T5.yaml", "retinanet_maps_T5.yaml"])
+def test_input_fusion_cached_series_inference_equals_the_naive_path(config):
     from detectron2.modeling import build_model
     from helpers.series_models import quick_cfg, random_frames, widen_heads
 
     from perforation_d2.modeling.series_inference import SeriesPredictor, naive_predict_series
 
     torch.manual_seed(0)
-    cfg = quick_cfg("retinanet_input_T5.yaml", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0")
+    cfg = quick_cfg(config, "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0")
     model = widen_heads(build_model(cfg).eval())
     frames = random_frames(7)
     predictor = SeriesPredictor(model, 64, batch_size=3)

@@ -16,6 +16,7 @@ from helpers.threads import one_thread  # noqa: F401 (autouse fixture)
 import perforation_d2
 from perforation_d2.engine import SafeDetectionCheckpointer
 from perforation_d2.errors import DSAInputError
+from perforation_d2.modeling.time_course import time_course_maps
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -138,21 +139,27 @@ def test_other_checkpoints_load_as_before(tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_rgb_stem_inflates_onto_the_input_fusion_stem(tmp_path):
+@pytest.mark.parametrize("maps, channels, centre", [
+    (["frames"], 5, 2),
+    (["extrema", "frames", "differences"], 13, 6),  # the centre frame after the 4 extrema maps
+])
+def test_rgb_stem_inflates_onto_the_input_fusion_stem(tmp_path, maps, channels, centre):
     net = _random_torchvision(18)
     path = tmp_path / "resnet18.pth"
     torch.save(net.state_dict(), path)
-    model = build_model(_cfg("pretrained/quick_retinanet_input_T5_R18_torchvision.yaml")).eval()
+    cfg = _cfg("pretrained/quick_retinanet_input_T5_R18_torchvision.yaml")
+    cfg.MODEL.TEMPORAL.INPUT_MAPS = maps
+    model = build_model(cfg).eval()
     SafeDetectionCheckpointer(model).load(str(path))
     bottom_up = model.backbone.spatial.bottom_up
     stem = bottom_up.stem.conv1.weight
-    assert stem.shape == (64, 5, 7, 7)
-    assert torch.equal(stem[:, 2], net.conv1.weight.sum(dim=1))
-    assert not stem[:, [0, 1, 3, 4]].any()
+    assert stem.shape == (64, channels, 7, 7)
+    assert torch.equal(stem[:, centre], net.conv1.weight.sum(dim=1))
+    assert not stem[:, [c for c in range(channels) if c != centre]].any()
     # A clip of one repeated grey frame then gives torchvision's features of that frame in RGB.
     grey = torch.randn(1, 1, 64, 64)
     expected = _torchvision_stages(net, grey.expand(1, 3, 64, 64))
     bottom_up._out_features = ["res5"]
     with torch.no_grad():
-        got = bottom_up(grey.expand(1, 5, 64, 64))
+        got = bottom_up(time_course_maps(grey.expand(1, 5, 64, 64), maps))
     torch.testing.assert_close(got["res5"], expected["res5"], rtol=1e-4, atol=1e-4)

@@ -14,6 +14,8 @@ from perforation_d2.modeling.temporal_modules import (
     TEMPORAL_MODULE_REGISTRY,
     BiConvGRU,
     BiConvLSTM,
+    ConvGRUCell,
+    ConvLSTMCell,
     TemporalAttention,
     TemporalConv,
     build_temporal_module,
@@ -188,3 +190,44 @@ def test_order_encoding_starts_sinusoidal_and_value_offsets_at_zero():
         attention.out_proj.bias.zero_()
     expected = x[:, 2] + x.mean(dim=1) + torch.arange(30.0).view(5, 6).mean(dim=0)[None, :, None, None]
     torch.testing.assert_close(attention(x), expected)
+
+
+def _textbook_step(cell, x, state):
+    """The cells' equations with one convolution over [x, h] (zero state included), as published."""
+    from torch.nn import functional as F
+
+    if isinstance(cell, ConvGRUCell):
+        h = torch.zeros_like(x) if state is None else state
+        update, reset = torch.sigmoid(cell.gates(torch.cat([x, h], dim=1))).chunk(2, dim=1)
+        candidate = torch.tanh(cell.candidate(torch.cat([x, reset * h], dim=1)))
+        return (1 - update) * h + update * candidate
+    h, c = (torch.zeros_like(x), torch.zeros_like(x)) if state is None else state
+    i, f, o, g = cell.gates(torch.cat([x, h], dim=1)).chunk(4, dim=1)
+    c = F.sigmoid(f) * c + F.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+@pytest.mark.parametrize("cell_class", [ConvGRUCell, ConvLSTMCell])
+def test_split_cell_steps_equal_the_textbook_cell(cell_class):
+    torch.manual_seed(0)
+    cell = cell_class(4, 3)
+    state_split = state_book = None
+    for _ in range(3):
+        x = torch.randn(2, 4, 7, 5)
+        state_split = cell.step(cell.input_part(x), state_split)
+        state_book = _textbook_step(cell, x, state_book)
+        for a, b in zip(state_split if isinstance(state_split, tuple) else [state_split],
+                        state_book if isinstance(state_book, tuple) else [state_book]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [BiConvGRU, BiConvLSTM])
+def test_per_frame_stage_then_clips_equals_the_clip_path(cls):
+    torch.manual_seed(0)
+    rnn = cls(_cfg(cls.__name__, 5), channels=4)
+    frames = torch.randn(7, 4, 6, 5)  # a series of 7 frames: clips 0..4, 1..5, 2..6
+    parts = rnn.per_frame(frames)
+    assert parts.shape == (7, 2 * rnn.forward_cell.input_part(frames[:1]).shape[1], 6, 5)
+    clips = torch.stack([frames[s : s + 5] for s in range(3)])
+    part_clips = torch.stack([parts[s : s + 5] for s in range(3)])
+    torch.testing.assert_close(rnn.fuse_frames(part_clips), rnn(clips), rtol=1e-5, atol=1e-6)
