@@ -21,12 +21,15 @@ from ..evaluation.cohort_index import CohortIndex
 from ..evaluation.comparison import check_both_classes, compare_models, default_names
 from ..evaluation.ensemble import ENSEMBLE_NAME
 from ..evaluation.selection import add_split_arguments, check_split_arguments, evaluate_files, select_series
+from ..experiments.diagnostics import time_use_of_files
+from ..experiments.report_text import TIME_USE_SCOPE, time_use_markdown
 from ..io.transaction import OutputTransaction
 
 # The bootstrap's cost grows linearly with N (one AUC per resample and model); beyond this bound a
 # run takes hours and its percentile interval is no more precise than the AUC's own uncertainty.
 MAX_BOOTSTRAP = 100_000
 OUTPUT_NAMES = ("compare.json", "table.md", "roc_overlay.png")
+TIME_USE_NAMES = ("time_use.json", "time_use.md")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-series-optimization", action="store_true",
                         help="score the per-frame top detections without series optimisation")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--time-use", action="store_true",
+                        help="also score the clip ablations the time-use diagnostic keeps next to each --pred "
+                             "(clip_centre/, clip_reverse/, clip_shuffle/predictions.json): AUC with and "
+                             "without the time course, with paired patient-level bootstrap CIs")
     add_split_arguments(parser)
 
 
@@ -63,7 +70,8 @@ def _check_arguments(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     names = _check_arguments(args)
     # Checked before any work: a folder that is not this tool's, or outputs without --overwrite.
-    outputs = OutputTransaction(args.out, "compare", args.overwrite, names=OUTPUT_NAMES)
+    written = OUTPUT_NAMES + (TIME_USE_NAMES if args.time_use else ())
+    outputs = OutputTransaction(args.out, "compare", args.overwrite, names=written)
     selection = select_series(args)
     index = CohortIndex(selection.cohort)
     check_both_classes(index, str(args.gt), selection.split, args.splits)
@@ -71,10 +79,20 @@ def run(args: argparse.Namespace) -> int:
     evaluations = evaluate_files(selection, args.pred, series_optimization, index)
     comparison = compare_models(index, evaluations, names, [str(p) for p in args.pred], args.bootstrap, args.seed,
                                 series_optimization, str(args.gt), selection.split, args.splits)
+    time_use = None
+    if args.time_use:
+        time_use = time_use_of_files(selection, [str(p) for p in args.pred], names, evaluations, series_optimization,
+                                     index)
+        time_table = time_use_markdown(time_use, dict(zip(names, names)), scope=TIME_USE_SCOPE)
     with outputs:
         outputs.write_json("compare.json", comparison.report)
         outputs.write_text("table.md", comparison.table)
         outputs.write_bytes("roc_overlay.png", comparison.roc_png)
+        if time_use is not None:
+            outputs.write_json("time_use.json", time_use)
+            outputs.write_text("time_use.md", "\n".join(time_table) + "\n")
     print(comparison.table, end="")
-    print(f"wrote {Path(args.out) / 'compare.json'}, table.md and roc_overlay.png")
+    if time_use is not None:
+        print("\n".join(["", "Time use:", *time_table[2:]]))
+    print(f"wrote {', '.join(str(Path(args.out) / n) for n in written)}")
     return 0

@@ -15,9 +15,12 @@ from pathlib import Path
 from ..evaluation.metrics import summary_lines
 from ..evaluation.plots import evaluation_plot_pngs
 from ..evaluation.selection import add_split_arguments, check_split_arguments, evaluate_files, select_series
+from ..experiments.diagnostics import time_use_of_files
+from ..experiments.report_text import TIME_USE_SCOPE, time_use_markdown
 from ..io.transaction import OutputTransaction
 
 OUTPUT_NAMES = ("metrics.json", "roc.png", "pr.png")
+TIME_USE_NAMES = ("time_use.json", "time_use.md")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,23 +30,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-series-optimization", action="store_true",
                         help="score the per-frame top detections without series optimisation")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--time-use", action="store_true",
+                        help="also score the clip ablations the time-use diagnostic keeps next to each --pred "
+                             "(clip_centre/, clip_reverse/, clip_shuffle/predictions.json): AUC with and "
+                             "without the time course, with paired patient-level bootstrap CIs")
     add_split_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     check_split_arguments(args)
     # Checked before any work: a folder that is not this tool's, or outputs without --overwrite.
-    outputs = OutputTransaction(args.out, "evaluate", args.overwrite, names=OUTPUT_NAMES)
+    names = OUTPUT_NAMES + (TIME_USE_NAMES if args.time_use else ())
+    outputs = OutputTransaction(args.out, "evaluate", args.overwrite, names=names)
     selection = select_series(args)
     series_optimization = not args.no_series_optimization
     [evaluation] = evaluate_files(selection, [args.pred], series_optimization)
+    time_use = None
+    if args.time_use:
+        time_use = time_use_of_files(selection, [args.pred], [Path(args.pred).name], [evaluation], series_optimization)
+        table = time_use_markdown(time_use, scope=TIME_USE_SCOPE)
     with outputs:
         outputs.write_json("metrics.json", evaluation.metrics)
         for name, png in evaluation_plot_pngs(evaluation).items():
             outputs.write_bytes(name, png)
+        if time_use is not None:
+            outputs.write_json("time_use.json", time_use)
+            outputs.write_text("time_use.md", "\n".join(table) + "\n")
     if selection.split:
         print(f"evaluated {selection.split} of {args.splits}")
     for line in summary_lines(evaluation.metrics, series_optimization):
         print(line)
-    print(f"wrote {Path(args.out) / 'metrics.json'}, roc.png and pr.png")
+    if time_use is not None:
+        print("\n".join(table[2:]))
+    print(f"wrote {', '.join(str(Path(args.out) / n) for n in names)}")
     return 0

@@ -11,6 +11,7 @@ clips have no context to remove), so it is evaluated once.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,34 @@ logger = logging.getLogger(__name__)
 
 TIME_USE_FILE = "time_use.json"
 _REPORTED = ("AUC", "sens_at_95spec")
+PREDICTIONS_FILE = "predictions.json"
+
+
+def ablation_predictions_path(evaluation_folder: str | os.PathLike, mode: str) -> str:
+    """Where the diagnostic keeps clip ablation ``mode``'s predictions of the evaluation whose
+    ``predictions.json`` is in ``evaluation_folder`` (``OUTPUT_DIR/inference/<dataset>``)."""
+    return os.path.join(evaluation_folder, f"clip_{mode}", PREDICTIONS_FILE)
+
+
+def find_ablation_predictions(predictions: str | os.PathLike) -> tuple[dict[str, str], int | None]:
+    """The diagnostic's ablation predictions next to an evaluation's ``predictions`` file.
+
+    Returns ``({mode: path} for the ablations present, T)``; T is read from the job's
+    ``OUTPUT_DIR/time_use.json`` when the folders are where the trainer put them, else None.
+    """
+    folder = os.path.dirname(os.path.abspath(predictions))
+    found = {mode: path for mode in CLIP_ABLATIONS[1:]
+             if os.path.isfile(path := ablation_predictions_path(folder, mode))}
+    summary_file = os.path.join(os.path.dirname(os.path.dirname(folder)), TIME_USE_FILE)
+    num_frames = None
+    try:
+        with open(summary_file) as handle:
+            summary = json.load(handle)
+        if summary.get("dataset") == os.path.basename(folder):
+            num_frames = int(summary["num_frames"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # T is only displayed; the ablation files are what counts
+    return found, num_frames
 
 
 def time_use_diagnostic(
@@ -57,21 +86,21 @@ def time_use_diagnostic(
             metrics = _dsa_metrics(normal_results, cfg)
             summary["ablations"][mode] = {
                 **{key: _finite(metrics.get(key)) for key in _REPORTED},
-                "predictions": os.path.join(cfg.OUTPUT_DIR, "inference", dataset, "predictions.json"),
+                "predictions": os.path.join(cfg.OUTPUT_DIR, "inference", dataset, PREDICTIONS_FILE),
             }
             continue
         run_cfg = _with_ablation(cfg, mode)
-        folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset, f"clip_{mode}")
+        folder = os.path.dirname(ablation_predictions_path(os.path.join(cfg.OUTPUT_DIR, "inference", dataset), mode))
         evaluator = trainer_cls.build_evaluator(run_cfg, dataset, output_folder=folder)
         results = trainer_cls.test(run_cfg, model, [evaluator] + [
-            trainer_cls.build_evaluator(run_cfg, name, output_folder=os.path.join(
-                cfg.OUTPUT_DIR, "inference", name, f"clip_{mode}"))
+            trainer_cls.build_evaluator(run_cfg, name, output_folder=os.path.dirname(
+                ablation_predictions_path(os.path.join(cfg.OUTPUT_DIR, "inference", name), mode)))
             for name in cfg.DATASETS.TEST[1:]
         ])
         metrics = _dsa_metrics(results, cfg)
         summary["ablations"][mode] = {
             **{key: _finite(metrics.get(key)) for key in _REPORTED},
-            "predictions": os.path.join(folder, "predictions.json"),
+            "predictions": os.path.join(folder, PREDICTIONS_FILE),
         }
         logger.info(f"Time-use diagnostic on {dataset}, clips '{mode}': "
                     + ", ".join(f"{k}={_fmt(summary['ablations'][mode][k])}" for k in _REPORTED))

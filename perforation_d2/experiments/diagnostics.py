@@ -5,6 +5,8 @@
   shuffled (the jobs' time-use diagnostic, pooled like the normal predictions), each AUC with a
   patient-level bootstrap 95% interval, and the AUC lost without context (normal - centre). A
   single-frame model has no context to remove: its normal figures fill every column.
+- :func:`time_use_of_files`: the same table for ``evaluate --time-use`` / ``compare --time-use``,
+  from the ablation predictions the diagnostic keeps next to each predictions file.
 - :func:`training_curves`: the held-out side's AUC over training from each job's
   ``metrics.json`` (Detectron2's EvalHook puts the evaluator's ``dsa/AUC`` there every
   ``TEST.EVAL_PERIOD`` iterations and after the last one), one line per fold and run and their
@@ -22,9 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.time_use import find_ablation_predictions
+from ..errors import DSAInputError
 from ..evaluation.bootstrap import bootstrap_auc_intervals
+from ..evaluation.cohort_index import CohortIndex
 from ..evaluation.metrics import SeriesEvaluation
 from ..evaluation.plots import learning_curve_png
+from ..evaluation.selection import evaluate_files
 from .plan import TIME_USE_ABLATIONS, Job
 from .report_text import mean_std
 
@@ -47,7 +53,7 @@ def time_use_table(main: dict[str, dict[int, SeriesEvaluation]],
     """
     table: dict[str, Any] = {}
     for model, runs in main.items():
-        temporal = num_frames[model] > 1
+        temporal = num_frames[model] is None or num_frames[model] > 1  # None: T unknown, ablations given
         if temporal and not all(run in ablated.get(model, {}) for run in runs):
             continue
         per_run = {run: {NORMAL: evaluation,
@@ -71,6 +77,44 @@ def time_use_table(main: dict[str, dict[int, SeriesEvaluation]],
         return {}
     return {"bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "unit": "patient",
                           "level": 0.95, "interval": "percentile"}, "models": table}
+
+
+def time_use_of_files(selection: Any, paths: Sequence[str], names: Sequence[str], evaluations: Sequence[SeriesEvaluation],
+                      series_optimization: bool, index: CohortIndex | None = None) -> dict[str, Any]:
+    """:func:`time_use_table` of the models whose predictions are ``paths`` (already scored as
+    ``evaluations``, shown as ``names``), each ablation scored on the same series (``selection``,
+    an :class:`~perforation_d2.evaluation.selection.Selection`) with the same series optimisation.
+
+    A file with all of the diagnostic's ablations next to it (``clip_<mode>/predictions.json``) gets
+    a row; one with none is left out (a single-frame model, or a job run without the diagnostic),
+    one with only some of them, or every file without any, is an error.
+    """
+    main, ablated, frames, missing = {}, {}, {}, []
+    for path, name, evaluation in zip(paths, names, evaluations):
+        found, num_frames = find_ablation_predictions(path)
+        if not found and num_frames == 1:
+            main[name], frames[name] = {0: evaluation}, 1  # single-frame, as its own diagnostic says
+            continue
+        absent = [mode for mode in TIME_USE_ABLATIONS if mode not in found]
+        if absent and found:
+            raise DSAInputError(
+                f"{path}: --time-use found the clip ablations {', '.join(sorted(found))} next to it but not "
+                f"{', '.join(absent)} (clip_<mode>/predictions.json); rerun the time-use diagnostic "
+                "(train --eval-only ... TEST.DSA.TIME_USE_DIAGNOSTIC True) into that output folder.")
+        if absent:
+            missing.append(str(path))
+            continue
+        scored = evaluate_files(selection, [found[mode] for mode in TIME_USE_ABLATIONS], series_optimization, index)
+        main[name], frames[name] = {0: evaluation}, num_frames
+        ablated[name] = {0: dict(zip(TIME_USE_ABLATIONS, scored))}
+    if not ablated:
+        raise DSAInputError(
+            f"--time-use: no clip-ablation predictions next to {', '.join(missing)} (the time-use diagnostic "
+            "writes clip_centre/, clip_reverse/ and clip_shuffle/predictions.json beside the predictions.json of "
+            "OUTPUT_DIR/inference/<dataset>/); produce them with `train --eval-only --config-file CFG "
+            "MODEL.WEIGHTS model_final.pth TEST.DSA.TIME_USE_DIAGNOSTIC True OUTPUT_DIR DIR` and pass "
+            "DIR/inference/<dataset>/predictions.json.")
+    return time_use_table(main, ablated, frames)
 
 
 def read_auc_points(metrics_file: Path, max_iter: int) -> dict[int, float]:

@@ -25,6 +25,7 @@ import yaml
 from ..data.cohort import load_cohort, series_labels
 from ..data.register import safe_name
 from ..data.splits import leave_one_cohort_out, make_patient_folds, read_splits
+from ..engine.time_use import ablation_predictions_path
 from ..errors import DSAInputError
 from ..io.atomic import atomic_write_json
 from ..io.json_io import read_json
@@ -76,7 +77,7 @@ class Job:
 
     def ablation_predictions_file(self, ablation: str) -> Path:
         """The held-out predictions of the final model with every clip ablated (time-use diagnostic)."""
-        return self.output_dir / "inference" / self.test_set / f"clip_{ablation}" / "predictions.json"
+        return Path(ablation_predictions_path(self.output_dir / "inference" / self.test_set, ablation))
 
     @property
     def result_files(self) -> list[Path]:

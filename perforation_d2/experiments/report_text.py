@@ -119,15 +119,19 @@ def _auc_cell(cell: dict[str, Any]) -> str:
     return text
 
 
-def time_use_markdown(time_use: dict[str, Any], names: dict[str, str] | None = None) -> list[str]:
+POOLED_SCOPE = "Pooled out-of-fold AUC and sensitivity at 95% specificity of each final model"
+TIME_USE_SCOPE = "Series AUC and sensitivity at 95% specificity of each predictions file"
+
+
+def time_use_markdown(time_use: dict[str, Any], names: dict[str, str] | None = None, scope: str = POOLED_SCOPE) -> list[str]:
     """The time-use table (``results["time_use"]``) and what it means; ``names``: display names, in
-    the order the rows should have (models it does not name follow)."""
+    the order the rows should have (models it does not name follow); ``scope``: what was scored."""
     names = names or {}
     boot = time_use["bootstrap"]
     header = (["Model", "T"] + [f"AUC {title}" for _, title in _ABLATION_TITLES] + ["AUC lost (normal - centre)"]
               + [f"mSens95 {title}" for _, title in _ABLATION_TITLES])
     lines = [
-        "Pooled out-of-fold AUC and sensitivity at 95% specificity of each final model with its test clips as "
+        f"{scope} with its test clips as "
         "they are (normal), with every clip replaced by its centre frame repeated (no temporal context), "
         "reversed, and with its context frames shuffled. A model that uses the time course loses much AUC "
         "without it; one that does not is a single-frame model in disguise. A single-frame model (T = 1) has "
@@ -142,7 +146,8 @@ def time_use_markdown(time_use: dict[str, Any], names: dict[str, str] | None = N
         row = rows[model]
         modes = row["modes"]
         label = names.get(model, model) + (" (unchanged by construction)" if row["unchanged_by_construction"] else "")
-        cells = ([label.replace("|", "/"), str(row["num_frames"])] + [_auc_cell(modes[m]) for m, _ in _ABLATION_TITLES]
+        frames = "?" if row["num_frames"] is None else str(row["num_frames"])
+        cells = ([label.replace("|", "/"), frames] + [_auc_cell(modes[m]) for m, _ in _ABLATION_TITLES]
                  + [format_mean_std(row["AUC_drop_centre"])]
                  + [format_mean_std(modes[m]["sens_at_95spec"]) for m, _ in _ABLATION_TITLES])
         lines.append("| " + " | ".join(cells) + " |")
