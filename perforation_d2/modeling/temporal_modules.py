@@ -11,7 +11,8 @@ registered class is built as ``cls(cfg, channels)`` through Detectron2's ``@conf
 A module may also split itself into a per-frame stage and a clip stage, ``per_frame(x: (M, C, H,
 W)) -> (M, C', H, W)`` and ``fuse_frames(y: (N, T, C', H, W)) -> (N, C, H, W)`` with
 ``fuse_frames(per_frame(frames) as clips) == forward(clips)``: whatever depends on one frame only
-then runs once per frame in cached series inference, not once per clip (the recurrent modules).
+then runs once per frame in cached series inference, not once per clip (the recurrent cells'
+input convolutions, the attention's keys and queries).
 """
 
 from __future__ import annotations
@@ -141,22 +142,43 @@ class TemporalAttention(nn.Module):
             "order_encoding": cfg.MODEL.TEMPORAL.ORDER_ENCODING,
         }
 
-    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Weights over the frames, shape (N, T, H, W), summing to 1 over T at each point."""
-        _check_clip(x, self.num_frames, type(self).__name__)
-        n, t, c, h, w = x.shape
-        query = self.query(x[:, t // 2])  # (N, D, H, W)
-        keys = self.key(x.flatten(0, 1)).unflatten(0, (n, t))  # (N, T, D, H, W)
+    def _weights(self, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        # keys (N, T, D, H, W) of the clip's frames, query (N, D, H, W) of its centre frame.
         if self.key_offsets is not None:
             keys = keys + self.key_offsets[None, :, :, None, None]
         logits = (keys * query.unsqueeze(1)).sum(dim=2) * self.scale
         return logits.softmax(dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = self.attention_weights(x)
+    def _attend(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         values = x if self.value_offsets is None else x + self.value_offsets[None, :, :, None, None]
         attended = (weights.unsqueeze(2) * values).sum(dim=1)
         return x[:, x.shape[1] // 2] + self.out_proj(attended)
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Weights over the frames, shape (N, T, H, W), summing to 1 over T at each point."""
+        _check_clip(x, self.num_frames, type(self).__name__)
+        n, t = x.shape[:2]
+        keys = self.key(x.flatten(0, 1)).unflatten(0, (n, t))
+        return self._weights(keys, self.query(x[:, t // 2]))
+
+    def per_frame(self, x: torch.Tensor) -> torch.Tensor:
+        """Frames (M, C, H, W) -> (M, C + 2D, H, W): the features, their key and their query.
+
+        Keys and queries are 1x1 projections of one frame: computed once per frame, not once
+        for each of the T clips that read the frame."""
+        return torch.cat([x, self.key(x), self.query(x)], dim=1)
+
+    def fuse_frames(self, parts: torch.Tensor) -> torch.Tensor:
+        """Clips of :meth:`per_frame` outputs (N, T, C + 2D, H, W) -> (N, C, H, W), as :meth:`forward`."""
+        _check_clip(parts, self.num_frames, type(self).__name__)
+        dim = self.key.out_channels
+        channels = parts.shape[2] - 2 * dim
+        x, keys = parts[:, :, :channels], parts[:, :, channels : channels + dim]
+        query = parts[:, parts.shape[1] // 2, channels + dim :]
+        return self._attend(x, self._weights(keys, query))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._attend(x, self.attention_weights(x))
 
 
 def sinusoidal_offsets(num_frames: int, dim: int) -> torch.Tensor:

@@ -221,13 +221,20 @@ def test_split_cell_steps_equal_the_textbook_cell(cell_class):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cls", [BiConvGRU, BiConvLSTM])
-def test_per_frame_stage_then_clips_equals_the_clip_path(cls):
+@pytest.mark.parametrize("name, channels_per_frame", [
+    ("BiConvGRU", 2 * 3 * 4), ("BiConvLSTM", 2 * 4 * 4),
+    ("TemporalAttention", 4 + 2 * 4), ("TemporalAttention_order", 4 + 2 * 4),
+])
+def test_per_frame_stage_then_clips_equals_the_clip_path(name, channels_per_frame):
     torch.manual_seed(0)
-    rnn = cls(_cfg(cls.__name__, 5), channels=4)
+    module_name, _, order = name.partition("_")
+    module = build_temporal_module(_cfg(module_name, 5, ORDER_ENCODING=bool(order)), 4)
+    if order:
+        with torch.no_grad():
+            module.value_offsets.normal_()
     frames = torch.randn(7, 4, 6, 5)  # a series of 7 frames: clips 0..4, 1..5, 2..6
-    parts = rnn.per_frame(frames)
-    assert parts.shape == (7, 2 * rnn.forward_cell.input_part(frames[:1]).shape[1], 6, 5)
+    parts = module.per_frame(frames)
+    assert parts.shape == (7, channels_per_frame, 6, 5)
     clips = torch.stack([frames[s : s + 5] for s in range(3)])
     part_clips = torch.stack([parts[s : s + 5] for s in range(3)])
-    torch.testing.assert_close(rnn.fuse_frames(part_clips), rnn(clips), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(module.fuse_frames(part_clips), module(clips), rtol=1e-5, atol=1e-6)
