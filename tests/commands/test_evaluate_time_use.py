@@ -91,3 +91,14 @@ def test_missing_or_partial_ablations_are_one_clear_error(cohort, tmp_path, caps
     err = capsys.readouterr().err
     assert "found the clip ablations centre" in err and "not reverse, shuffle" in err
     assert not out.exists()  # nothing written on refusal
+
+
+def test_ablations_moved_without_their_job_folder_still_score_with_t_unknown(cohort, tmp_path):
+    cohort, gt, predictions, ablated = cohort
+    pred = _job(tmp_path, "temporal", predictions, 5, ablated)
+    (tmp_path / "temporal" / TIME_USE_FILE).unlink()  # e.g. only inference/<dataset>/ was copied
+    out = tmp_path / "out"
+    assert main(["evaluate", "--gt", str(gt), "--pred", str(pred), "--out", str(out), "--time-use"]) == 0
+    [row] = json.loads((out / "time_use.json").read_text())["models"].values()
+    assert row["num_frames"] is None and not row["unchanged_by_construction"]
+    assert "| predictions.json | ? |" in (out / "time_use.md").read_text()
