@@ -3,8 +3,8 @@
 ``TemporalBackbone`` takes clips ``(N, T, C, H, W)``, runs the spatial FPN backbone on all N*T
 frames and fuses the T maps of every level into one map for the centre frame. Cached series
 inference calls the two halves itself: ``forward_frames`` (all that depends on one frame) once
-per frame and ``fuse`` once per clip; see docs/ARCHITECTURE.md, "Backbone contract". With T = 1 it has no temporal module and
-its output is exactly the spatial backbone's.
+per frame and ``fuse`` once per clip; see docs/ARCHITECTURE.md, "Backbone contract". With T = 1 it
+has no temporal module and its output is exactly the spatial backbone's.
 
 ``MODEL.TEMPORAL.CHECKPOINT_BACKBONE`` recomputes the spatial backbone's activations in the
 backward pass (``torch.utils.checkpoint``, non-reentrant) in segments of
@@ -179,7 +179,8 @@ class TemporalBackbone(Backbone):
         return {level: torch.cat([seg[level] for seg in segments]) for level in segments[0]}
 
     def fuse(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The temporal modules alone: {level: (N, T, C, h, w)} -> {level: (N, C, h, w)}.
+        """The temporal modules' clip stage: clips of :meth:`forward_frames` outputs {level: (N, T, C', h, w)}
+        -> {level: (N, C, h, w)}.
 
         Under input fusion: the clip's grey frames {"input": (N, T, 1, H, W)} -> their time-course
         maps -> the backbone's levels.
