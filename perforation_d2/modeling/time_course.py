@@ -38,6 +38,9 @@ TIME_COURSE_MAPS = ("frames", "extrema", "differences")
 
 def check_time_course_maps(maps: Sequence[str]) -> None:
     """Raise :class:`DSAInputError` unless ``maps`` is a valid ``MODEL.TEMPORAL.INPUT_MAPS``."""
+    if isinstance(maps, str):
+        raise DSAInputError(f"config: MODEL.TEMPORAL.INPUT_MAPS is the string {maps!r}; it must be a list, "
+                            f"e.g. [{maps!r}], of {', '.join(TIME_COURSE_MAPS)}.")
     maps = list(maps)
     unknown = [m for m in maps if m not in TIME_COURSE_MAPS]
     if not maps or unknown or len(set(maps)) != len(maps):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from detectron2.modeling import build_backbone
@@ -50,13 +52,14 @@ def test_clip_ablations_act_on_the_maps():
     (["frames", "speed"], "'speed' is not a map"),
     ([], "it is empty"),
     (["frames", "frames"], "a map is listed twice"),
+    ("frames", "the string 'frames'; it must be a list"),
 ])
 def test_bad_input_maps_are_one_clear_error(maps, problem):
     from helpers.series_models import quick_cfg
 
     cfg = quick_cfg("retinanet_input_T5.yaml")
     cfg.MODEL.TEMPORAL.INPUT_MAPS = maps
-    with pytest.raises(DSAInputError, match=f"MODEL.TEMPORAL.INPUT_MAPS is .*{problem}.*frames, extrema, differences"):
+    with pytest.raises(DSAInputError, match=f"MODEL.TEMPORAL.INPUT_MAPS is .*{re.escape(problem)}.*frames, extrema, differences"):
         build_backbone(cfg)
 
 
