@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,7 +87,11 @@ def test_every_job_trains_and_the_report_pools_out_of_fold_predictions(experimen
 
 
 def test_the_ensemble_equals_compares(experiment, tmp_path):
-    cohort_json, out = experiment
+    cohort_json, shared = experiment
+    # A copy: the report written here with --ensemble must not replace the one the other tests
+    # of this module read (they may run before or after this one).
+    out = tmp_path / "exp"
+    shutil.copytree(shared, out)
     assert cross_validate(cohort_json, out, "--folds", "2", "--seed", "0", "--runs", "2",
                           "--ensemble", "single", "--ensemble", "tconv") == 0
     results = json.loads((out / "report" / "results.json").read_text())
