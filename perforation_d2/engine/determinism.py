@@ -65,9 +65,11 @@ def seed_all(seed: int, deterministic: bool = True) -> None:
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
-    # TorchScript functions (Detectron2's sigmoid_focal_loss_jit) run unoptimised for their first
+    # TorchScript functions (Detectron2 scripts a few helpers) run unoptimised for their first
     # calls, then switch to an optimised autodiff graph whose gradients differ in the last bits:
     # a second training in the same process would not repeat the first. Keep them unoptimised.
+    # (A function already optimised by an earlier caller stays so, which is why the RetinaNet
+    # focal loss is fvcore's eager one: modeling/meta_arch.py.)
     torch._C._set_graph_executor_optimize(False)
     torch.backends.cudnn.deterministic = True
     if torch.backends.cudnn.benchmark:

@@ -21,7 +21,7 @@ from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, RetinaNet
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
-from fvcore.nn import sigmoid_focal_loss_jit
+from fvcore.nn import sigmoid_focal_loss
 from torch.nn import functional as F
 
 from ..errors import DSAInputError
@@ -143,7 +143,10 @@ class TemporalRetinaNet(_ClipInputs, RetinaNet):
 
         # No loss for the last (background) column of the one-hot targets.
         gt_labels_target = F.one_hot(gt_labels[valid_mask], num_classes=self.num_classes + 1)[:, :-1]
-        loss_cls = sigmoid_focal_loss_jit(
+        # fvcore's eager focal loss, not Detectron2's TorchScript one: a scripted function that an
+        # earlier caller in the process had run optimised keeps its optimised graph, whose
+        # gradients differ in the last bits, so a training would depend on what ran before it.
+        loss_cls = sigmoid_focal_loss(
             cat(pred_logits, dim=1)[valid_mask],
             gt_labels_target.to(pred_logits[0].dtype),
             alpha=self.focal_loss_alpha,
