@@ -21,15 +21,13 @@ from ..evaluation.cohort_index import CohortIndex
 from ..evaluation.comparison import check_both_classes, compare_models, default_names
 from ..evaluation.ensemble import ENSEMBLE_NAME
 from ..evaluation.selection import add_split_arguments, check_split_arguments, evaluate_files, select_series
-from ..experiments.diagnostics import time_use_of_files
-from ..experiments.report_text import TIME_USE_SCOPE, time_use_markdown
+from ..experiments.diagnostics import TIME_USE_OUTPUTS, time_use_of_files_markdown
 from ..io.transaction import OutputTransaction
 
 # The bootstrap's cost grows linearly with N (one AUC per resample and model); beyond this bound a
 # run takes hours and its percentile interval is no more precise than the AUC's own uncertainty.
 MAX_BOOTSTRAP = 100_000
 OUTPUT_NAMES = ("compare.json", "table.md", "roc_overlay.png")
-TIME_USE_NAMES = ("time_use.json", "time_use.md")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +68,7 @@ def _check_arguments(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     names = _check_arguments(args)
     # Checked before any work: a folder that is not this tool's, or outputs without --overwrite.
-    written = OUTPUT_NAMES + (TIME_USE_NAMES if args.time_use else ())
+    written = OUTPUT_NAMES + (TIME_USE_OUTPUTS if args.time_use else ())
     outputs = OutputTransaction(args.out, "compare", args.overwrite, names=written)
     selection = select_series(args)
     index = CohortIndex(selection.cohort)
@@ -81,9 +79,8 @@ def run(args: argparse.Namespace) -> int:
                                 series_optimization, str(args.gt), selection.split, args.splits)
     time_use = None
     if args.time_use:
-        time_use = time_use_of_files(selection, [str(p) for p in args.pred], names, evaluations, series_optimization,
-                                     index)
-        time_table = time_use_markdown(time_use, dict(zip(names, names)), scope=TIME_USE_SCOPE)
+        time_use, time_table = time_use_of_files_markdown(selection, [str(p) for p in args.pred], names, evaluations,
+                                                          series_optimization, index)
     with outputs:
         outputs.write_json("compare.json", comparison.report)
         outputs.write_text("table.md", comparison.table)

@@ -15,12 +15,10 @@ from pathlib import Path
 from ..evaluation.metrics import summary_lines
 from ..evaluation.plots import evaluation_plot_pngs
 from ..evaluation.selection import add_split_arguments, check_split_arguments, evaluate_files, select_series
-from ..experiments.diagnostics import time_use_of_files
-from ..experiments.report_text import TIME_USE_SCOPE, time_use_markdown
+from ..experiments.diagnostics import TIME_USE_OUTPUTS, time_use_of_files_markdown
 from ..io.transaction import OutputTransaction
 
 OUTPUT_NAMES = ("metrics.json", "roc.png", "pr.png")
-TIME_USE_NAMES = ("time_use.json", "time_use.md")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,15 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_split_arguments(args)
     # Checked before any work: a folder that is not this tool's, or outputs without --overwrite.
-    names = OUTPUT_NAMES + (TIME_USE_NAMES if args.time_use else ())
+    names = OUTPUT_NAMES + (TIME_USE_OUTPUTS if args.time_use else ())
     outputs = OutputTransaction(args.out, "evaluate", args.overwrite, names=names)
     selection = select_series(args)
     series_optimization = not args.no_series_optimization
     [evaluation] = evaluate_files(selection, [args.pred], series_optimization)
     time_use = None
     if args.time_use:
-        time_use = time_use_of_files(selection, [args.pred], [Path(args.pred).name], [evaluation], series_optimization)
-        table = time_use_markdown(time_use, scope=TIME_USE_SCOPE)
+        time_use, table = time_use_of_files_markdown(selection, [args.pred], [Path(args.pred).name], [evaluation],
+                                                     series_optimization)
     with outputs:
         outputs.write_json("metrics.json", evaluation.metrics)
         for name, png in evaluation_plot_pngs(evaluation).items():

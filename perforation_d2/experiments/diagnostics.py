@@ -32,8 +32,10 @@ from ..evaluation.metrics import SeriesEvaluation
 from ..evaluation.plots import learning_curve_png
 from ..evaluation.selection import evaluate_files
 from .plan import TIME_USE_ABLATIONS, Job
-from .report_text import mean_std
+from .report_text import TIME_USE_SCOPE, mean_std, time_use_markdown
 
+# What ``evaluate --time-use`` / ``compare --time-use`` add to their outputs.
+TIME_USE_OUTPUTS = ("time_use.json", "time_use.md")
 NORMAL = "none"
 TIME_USE_MODES = (NORMAL, *TIME_USE_ABLATIONS)
 # Patient-level bootstrap of the time-use AUCs, paired over the ablations (the same resamples).
@@ -115,6 +117,14 @@ def time_use_of_files(selection: Any, paths: Sequence[str], names: Sequence[str]
             "MODEL.WEIGHTS model_final.pth TEST.DSA.TIME_USE_DIAGNOSTIC True OUTPUT_DIR DIR` and pass "
             "DIR/inference/<dataset>/predictions.json.")
     return time_use_table(main, ablated, frames)
+
+
+def time_use_of_files_markdown(selection: Any, paths: Sequence[str], names: Sequence[str],
+                               evaluations: Sequence[SeriesEvaluation], series_optimization: bool,
+                               index: CohortIndex | None = None) -> tuple[dict[str, Any], list[str]]:
+    """:func:`time_use_of_files` and its table as markdown lines, rows in the order of ``names``."""
+    table = time_use_of_files(selection, paths, names, evaluations, series_optimization, index)
+    return table, time_use_markdown(table, dict(zip(names, names)), scope=TIME_USE_SCOPE)
 
 
 def read_auc_points(metrics_file: Path, max_iter: int) -> dict[int, float]:

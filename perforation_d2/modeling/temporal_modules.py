@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import DSAInputError
+from .time_course import check_time_course_maps
 
 __all__ = [
     "FUSIONS",
@@ -380,8 +381,6 @@ def check_temporal_config(cfg: CfgNode) -> None:
             f"config: MODEL.TEMPORAL.FUSION is {fusion!r}; valid choices are {', '.join(FUSIONS)}."
         )
     if fusion == "input":
-        from .time_course import check_time_course_maps  # a sibling that imports nothing of ours back
-
         check_time_course_maps(cfg.MODEL.TEMPORAL.INPUT_MAPS)
         return  # no temporal module: MODULE is not used
     name = cfg.MODEL.TEMPORAL.MODULE
