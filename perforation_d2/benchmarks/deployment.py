@@ -13,12 +13,16 @@ per-round ratios:
 * onnxruntime vs PyTorch (CPU): time(onnxruntime) / time(PyTorch) of the cached series loop
   with the exported graphs (target <= 1.0x), with the largest box / score difference;
 * on CUDA (or with ``args.precision_modes``): frames/s of every temporal module in every precision
-  mode the device runs, peak GPU memory, agreement with fp32 (:func:`precision_mode_rows`).
+  mode the device runs, peak GPU memory, agreement with fp32 (:func:`precision_mode_rows`);
+* loading overlapped with prediction: time(each series read, then predicted) / time(the next series
+  read in a background thread meanwhile, :mod:`~perforation_d2.data.prefetch`), evaluation's series
+  loop over a registered cohort of PNG series at the DSA frame size (:func:`prefetch_rows`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -26,7 +30,7 @@ import numpy as np
 import torch
 
 from ..modeling.series_inference import SeriesPredictor
-from .common import BenchRow, synthetic_series, time_interleaved
+from .common import BenchRow, synthetic_series, time_interleaved, write_bench_cohort
 from .inference import _config, _model
 
 ONNX_TARGET = 1.0
@@ -36,6 +40,13 @@ def _sizes(args: argparse.Namespace) -> tuple[int, int, int, int]:
     if getattr(args, "quick", False):
         return 64, 8, 96, 1
     return 128, 20, 256, 3
+
+
+def _prefetch_sizes(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(series, frames per series, frame size in px) of the cohort that :func:`prefetch_rows` reads."""
+    if getattr(args, "quick", False):
+        return 2, 4, 96
+    return 4, 20, 1024  # DSA frames: 1024 px
 
 
 def _spread_head(model: torch.nn.Module) -> torch.nn.Module:
@@ -126,6 +137,43 @@ def onnx_rows(cfg, model, series: np.ndarray, frame_size: int, rounds: int, labe
     )]
 
 
+def prefetch_rows(model, frame_size: int, num_series: int, num_frames: int, source_size: int, rounds: int,
+                  device: str, label: str, how: str) -> list[BenchRow]:
+    """Evaluation's series loop (:func:`~perforation_d2.evaluation.inference.iterate_series_predictions`)
+    over a registered cohort of PNG series: each series read (decoded, resized for the model), then
+    predicted, against the next series read in a background thread while one is predicted."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from ..data.register import register_dsa_cohort
+    from ..evaluation.inference import _series_of_dataset, iterate_series_predictions
+    from ..modeling.series_inference import load_series_frames
+
+    predictor = SeriesPredictor(model, frame_size, 4)
+    name = f"benchmark_prefetch_{os.getpid()}"
+    with tempfile.TemporaryDirectory() as folder:
+        register_dsa_cohort(name, write_bench_cohort(Path(folder), num_series, num_frames, source_size))
+        try:
+            series = _series_of_dataset(DatasetCatalog.get(name))
+        finally:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+        def loop(depth: int):
+            return _no_grad(lambda: sum(1 for _ in iterate_series_predictions(predictor, series, prefetch_depth=depth)))
+
+        works = {"sequential": loop(0), "overlapped": loop(1),
+                 "reading": lambda: [predictor.prepare(load_series_frames(records[0])) for records in series]}
+        time_interleaved(works, 1, device)
+        times = time_interleaved(works, rounds, device)
+    return [BenchRow(
+        "inference", f"series read in a background thread vs in turn, {label}", times.ratio("sequential", "overlapped"),
+        note=(f"time(each series read, then predicted) / time(the next series read while one is predicted), "
+              f"evaluation's series loop; reading (PNG decoding + resize) is {times.ratio('reading', 'sequential'):.0%} "
+              f"of the sequential time; {num_series} series of {num_frames} PNG frames of {source_size} px in a "
+              f"registered cohort; {how}"),
+    )]
+
+
 def precision_mode_rows(args: argparse.Namespace, device: str) -> list[BenchRow]:
     """Frames/s of cached series inference for every temporal module in every precision mode the
     device runs, with peak GPU memory on CUDA, and whether the mode agrees with fp32 (key boxes and
@@ -190,6 +238,9 @@ def benchmark_deployment(args: argparse.Namespace) -> list[BenchRow]:
         label = "TemporalConv T=5"
         rows += decoding_rows(model, series, frame_size, rounds, device, label, how)
         rows += precision_rows(model, series, frame_size, rounds, device, label, how)
+        rows += prefetch_rows(model, frame_size, *_prefetch_sizes(args), rounds, device, label,
+                              f"quick ResNet18-FPN at {frame_size} px (heads N(0, 0.05)), median of {rounds} "
+                              f"alternating rounds, {where}")
         if not device.startswith("cuda"):
             rows += onnx_rows(cfg, model, series, frame_size, rounds, label, how)
         if device.startswith("cuda") or getattr(args, "precision_modes", False):

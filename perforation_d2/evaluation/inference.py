@@ -15,7 +15,7 @@ import logging
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.mapper import read_grey_frame, series_label
+from ..data.prefetch import Prefetch
 from ..modeling.precision import precision_from_cfg
 from ..modeling.series_inference import SeriesPredictor, load_series_frames
 from .matching import box_iou
@@ -51,16 +52,25 @@ def iterate_series_predictions(
     predictor: SeriesPredictor,
     series: Sequence[Sequence[dict]],
     loader: Callable[[str], np.ndarray] = read_grey_frame,
+    prefetch_depth: int = 1,
 ) -> Iterator[tuple[list[dict], list[dict]]]:
     """For each series (its per-frame dataset dicts), yield ``(inputs, outputs)`` in evaluator form.
 
     The whole series is predicted (clips at a frame's edges see its real neighbours, as in the
-    mapper), and outputs are returned for the frames in ``series`` only.
+    mapper), and outputs are returned for the frames in ``series`` only. The next series is read
+    (``loader``, in a background thread) and prepared for the model while one is predicted
+    (:class:`~perforation_d2.data.prefetch.Prefetch`, up to ``prefetch_depth`` series ahead; 0:
+    one after the other, the same results); a frame that cannot be read raises at its series.
     """
-    for records in series:
-        first = records[0]
-        instances = predictor(load_series_frames(first, loader), first.get("series_frame_time_ms"), series_label(first))
-        yield list(records), [{"instances": instances[record["frame_id"]]} for record in records]
+
+    def load(records: Sequence[dict]):
+        return predictor.prepare(load_series_frames(records[0], loader))
+
+    with Prefetch(series, load, prefetch_depth) as loaded:
+        for records, frames in loaded:
+            first = records[0]
+            instances = predictor(frames, first.get("series_frame_time_ms"), series_label(first))
+            yield list(records), [{"instances": instances[record["frame_id"]]} for record in records]
 
 
 def inference_on_cohort(
@@ -100,7 +110,8 @@ def inference_on_cohort(
     with ExitStack() as stack:
         stack.enter_context(inference_context(model))
         stack.enter_context(torch.no_grad())
-        for inputs, outputs in iterate_series_predictions(predictor, my_series):
+        # closing: the loading thread stops even if the evaluator raises (docs of data.prefetch)
+        for inputs, outputs in stack.enter_context(closing(iterate_series_predictions(predictor, my_series))):
             evaluator.process(inputs, outputs)
     elapsed = time.perf_counter() - start_time
     logger.info(

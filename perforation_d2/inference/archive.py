@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..data.prefetch import Prefetch
 from ..engine.operating_point import Threshold
 from ..errors import DSAInputError
 from ..evaluation.predictions import predict_one_series
@@ -139,22 +140,37 @@ def _check_same_series(found: FoundSeries, plan: RunPlan) -> None:
 def _predict_shard(shard: Sequence[SeriesSource], found: FoundSeries, predictor: Callable[[np.ndarray], Any],
                    plan: RunPlan, files: SeriesFiles, on_series: Callable | None, packs: Path, show: bool
                    ) -> tuple[list[SeriesRecord], dict[int, list[str]]]:
-    """Predict ``shard`` and pack each series; returns the records and the decoding skips per series."""
+    """Predict ``shard`` and pack each series; returns the records and the decoding skips per series.
+
+    The next series is decoded (and prepared for the model, by a predictor with ``prepare``) in a
+    background thread while one is predicted (:class:`~perforation_d2.data.prefetch.Prefetch`): the
+    same outputs, and a decoding error or skip belongs to its series, as when loading in turn.
+    """
+    prepare = getattr(predictor, "prepare", None)  # SeriesPredictor's CPU half of preprocessing
+
+    def load(source: SeriesSource) -> tuple[tuple[np.ndarray, float | None] | None, list[str], Any]:
+        seen = len(found.skipped)  # only loads add skips, and they run one after the other
+        loaded = source.load()
+        prepared = None
+        if prepare is not None and loaded is not None and len(loaded[0]) == source.num_frames:
+            prepared = prepare(loaded[0])
+        return loaded, found.skipped[seen:], prepared
+
     records, skips = [], {}
-    with tqdm(total=sum(s.num_frames for s in shard), unit="frame", desc="predict", file=sys.stderr,
-              disable=None if show else True) as bar:
-        for source in shard:
-            seen = len(found.skipped)
-            loaded = source.load()
+    with (tqdm(total=sum(s.num_frames for s in shard), unit="frame", desc="predict", file=sys.stderr,
+               disable=None if show else True) as bar,
+          Prefetch(shard, load) as series):
+        for source, (loaded, new_skips, prepared) in series:
             if loaded is None:  # a series of a folder that could not be decoded (listed among the skips)
-                skips[source.video_id] = found.skipped[seen:]
+                skips[source.video_id] = new_skips
             else:
                 frames, frame_time_ms = loaded
                 if len(frames) != source.num_frames:
                     raise DSAInputError(f"series {source.name} has {len(frames)} frames, expected {source.num_frames}.")
                 # The frame time picks each clip's frames when the model's clips span a fixed duration.
                 timed = functools.partial(predictor, frame_time_ms=frame_time_ms, series=f"series {source.name}")
-                result = predict_one_series(timed, frames, source.image_ids, plan.threshold.series_optimization)
+                result = predict_one_series(timed, frames if prepared is None else prepared, source.image_ids,
+                                            plan.threshold.series_optimization)
                 record = series_record(source, frames, frame_time_ms, result, plan.threshold, files)
                 if on_series is not None:
                     on_series(source, frames, result)  # writes its files into `files` too

@@ -19,7 +19,12 @@ first needs them and dropped once no later clip does, so the window holds the fr
 batch's earliest to its latest clip frame: ``B + T - 1`` frames for consecutive clips, about
 ``B + span / frame time`` with a span (plus one gathered ``(B, T)`` copy while the temporal module
 runs), so a 60-frame series at 1024 px costs what a short one does.
-:attr:`SeriesPredictor.peak_window_frames` records the largest window seen.
+:attr:`SeriesPredictor.peak_window_frames` records the largest window seen. Besides the window the
+predictor holds the series resized to the model's input (uint8, one plane per grey frame):
+:meth:`SeriesPredictor.prepare` makes it, the CPU half of preprocessing, and may run in another
+thread while the previous series is predicted (:mod:`perforation_d2.data.prefetch`). When the
+model is on CUDA it is made in pinned host memory, so that each batch's copy to the GPU is
+asynchronous (``non_blocking``; the kernels that read it run after it on the same stream).
 
 Both paths compute the same numbers: on CPU they agree to the last bit in our tests. On CUDA,
 PyTorch runs convolutions in TF32 by default, and the two paths batch different frames together,
@@ -31,6 +36,7 @@ to ~1e-2 px (seen on an H200 at 640 px). Both paths therefore run in strict FP32
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,7 +53,7 @@ from ..errors import DSAInputError
 from .precision import check_precision, precision_context, precision_from_cfg
 from .top1 import decode_full, decode_top1, top1
 
-__all__ = ["SeriesPredictor", "load_series_frames", "naive_predict_series", "resize_frames"]
+__all__ = ["PreparedSeries", "SeriesPredictor", "load_series_frames", "naive_predict_series", "resize_frames"]
 
 Features = dict[str, torch.Tensor]
 _DECODERS = {"top1": decode_top1, "detectron2": decode_full}
@@ -63,19 +69,38 @@ def _as_grey_or_rgb_uint8(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     return frames.cpu()
 
 
+def _resize_planes(frames: torch.Tensor, frame_size: int, pin_memory: bool = False) -> torch.Tensor:
+    """``(F, H, W)`` or ``(F, 3, H, W)`` uint8 -> ``(F, C, S, S)`` uint8 (C = 1 or 3), each plane resized
+    with :meth:`ClipAffineTransform.resize` into a new tensor (in pinned memory with ``pin_memory``)."""
+    height, width = int(frames.shape[-2]), int(frames.shape[-1])
+    transform = ClipAffineTransform.resize(height, width, frame_size, frame_size)
+    planes = [np.ascontiguousarray(p) for p in frames.reshape(-1, height, width).numpy()]
+    channels = 1 if frames.dim() == 3 else 3
+    resized = torch.empty((len(frames), channels, frame_size, frame_size), dtype=torch.uint8, pin_memory=pin_memory)
+    np.stack(transform.apply_frames(planes), out=resized.view(-1, frame_size, frame_size).numpy())
+    return resized
+
+
 def resize_frames(frames: torch.Tensor, frame_size: int) -> torch.Tensor:
     """``(F, H, W)`` or ``(F, 3, H, W)`` uint8 -> ``(F, 3, S, S)`` uint8, resized as the test-time mapper does.
 
     The mapper resizes with :meth:`ClipAffineTransform.resize` (bilinear, in uint8) and replicates
     the grey frame to 3 channels; the same transform is used here so both paths see identical pixels.
     """
-    height, width = int(frames.shape[-2]), int(frames.shape[-1])
-    transform = ClipAffineTransform.resize(height, width, frame_size, frame_size)
-    planes = [np.ascontiguousarray(p) for p in frames.reshape(-1, height, width).numpy()]
-    resized = torch.from_numpy(np.stack(transform.apply_frames(planes)))
-    if frames.dim() == 3:
-        return resized.unsqueeze(1).expand(-1, 3, -1, -1)
-    return resized.view(len(frames), 3, frame_size, frame_size)
+    return _resize_planes(frames, frame_size).expand(-1, 3, -1, -1)
+
+
+@dataclass(frozen=True)
+class PreparedSeries:
+    """A series resized to a predictor's input size (:meth:`SeriesPredictor.prepare`), ready to predict."""
+
+    frames: torch.Tensor  # (F, C, S, S) uint8, C = 1 (grey) or 3 (RGB); pinned when the model is on CUDA
+    height: int  # the original frame size (outputs are in its pixels)
+    width: int
+    pinned: bool
+
+    def __len__(self) -> int:
+        return len(self.frames)
 
 
 class SeriesPredictor:
@@ -156,11 +181,29 @@ class SeriesPredictor:
         )
 
     # ---- the three stages ----------------------------------------------------------------
-    def _preprocess(self, frames: torch.Tensor) -> ImageList:
-        """Resize, normalise and pad frames exactly as the mapper and the meta-architecture do."""
+    def prepare(self, frames: np.ndarray | torch.Tensor | PreparedSeries) -> PreparedSeries:
+        """The CPU half of preprocessing for a whole series: the frames validated and resized to the
+        model's input exactly as the test-time mapper does, in pinned memory when the model is on CUDA.
+
+        It reads only the frame size and the model's device, so it may run in another thread while
+        this predictor predicts another series (:mod:`perforation_d2.data.prefetch`).
+        """
+        if isinstance(frames, PreparedSeries):
+            return frames
+        frames = _as_grey_or_rgb_uint8(frames)
+        pin = self.model.pixel_mean.device.type == "cuda"
+        return PreparedSeries(_resize_planes(frames, self.frame_size, pin_memory=pin), int(frames.shape[-2]),
+                              int(frames.shape[-1]), pin)
+
+    def _preprocess(self, resized: torch.Tensor, pinned: bool) -> ImageList:
+        """Frames resized by :meth:`prepare`, ``(M, C, S, S)`` uint8: to the device, normalised and
+        padded exactly as the mapper and the meta-architecture do (grey replicated to 3 channels)."""
         model = self.model
-        clip = resize_frames(frames, self.frame_size)  # (M, 3, S, S) uint8
-        images = move_device_like(clip, model.pixel_mean).float()
+        if pinned:  # asynchronous: the kernels below run after the copy on the same stream
+            images = resized.to(model.pixel_mean.device, non_blocking=True)
+        else:
+            images = move_device_like(resized, model.pixel_mean)
+        images = images.float().expand(-1, 3, -1, -1)
         images = (images - model.pixel_mean) / model.pixel_std
         return ImageList.from_tensors(
             list(images),
@@ -195,11 +238,13 @@ class SeriesPredictor:
     # ---- the series loop -----------------------------------------------------------------
     @torch.no_grad()
     def __call__(
-        self, frames: np.ndarray | torch.Tensor, frame_time_ms: float | None = None, series: str | None = None
+        self, frames: np.ndarray | torch.Tensor | PreparedSeries, frame_time_ms: float | None = None,
+        series: str | None = None,
     ) -> list[Instances]:
         """Top-1 ``Instances`` of every frame, boxes in original-frame pixels.
 
-        ``frames``: the whole series, ``(F, H, W)`` grey or ``(F, 3, H, W)``, uint8;
+        ``frames``: the whole series, ``(F, H, W)`` grey or ``(F, 3, H, W)``, uint8, or what
+        :meth:`prepare` made of it (the same results);
         ``frame_time_ms``: its frame interval (needed with a clip span; ``series`` names it in the
         error when missing). Runs in the predictor's precision (strict FP32 by default, so that it
         matches :func:`naive_predict_series` on GPU too).
@@ -207,10 +252,14 @@ class SeriesPredictor:
         with precision_context(self.precision, self.model.pixel_mean.device):
             return self._predict(frames, frame_time_ms, series or "the series")
 
-    def _predict(self, frames: np.ndarray | torch.Tensor, frame_time_ms: float | None, series: str) -> list[Instances]:
-        frames = _as_grey_or_rgb_uint8(frames)
-        num_series_frames = len(frames)
-        height, width = int(frames.shape[-2]), int(frames.shape[-1])
+    def _predict(self, frames: np.ndarray | torch.Tensor | PreparedSeries, frame_time_ms: float | None,
+                 series: str) -> list[Instances]:
+        prepared = self.prepare(frames)
+        if prepared.frames.shape[-1] != self.frame_size:
+            raise ValueError(f"the series was prepared at {prepared.frames.shape[-1]} px, this predictor's input "
+                             f"is {self.frame_size} px")
+        num_series_frames = len(prepared)
+        height, width = prepared.height, prepared.width
         clip_len = self.num_frames
         clips_of = [clip_indices(t, num_series_frames, clip_len, frame_time_ms, self.clip_span_ms, series)
                     for t in range(num_series_frames)]
@@ -233,7 +282,7 @@ class SeriesPredictor:
             last_needed = batch[-1][-1]
             while next_frame <= last_needed:
                 until = min(last_needed + 1, next_frame + chunk)
-                images = self._preprocess(frames[next_frame:until])
+                images = self._preprocess(prepared.frames[next_frame:until], prepared.pinned)
                 image_size = images.image_sizes[0]
                 features = self._frame_features(images.tensor)
                 for offset, index in enumerate(range(next_frame, until)):

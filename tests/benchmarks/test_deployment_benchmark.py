@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from detectron2.data import DatasetCatalog
 from helpers.threads import one_thread  # noqa: F401 (autouse: one intra-op thread)
 
 from perforation_d2.benchmarks.common import synthetic_series
-from perforation_d2.benchmarks.deployment import _spread_head, decoding_rows, precision_rows
+from perforation_d2.benchmarks.deployment import _spread_head, decoding_rows, precision_rows, prefetch_rows
 from perforation_d2.benchmarks.inference import _config, _model
 
 
@@ -20,3 +21,13 @@ def test_decoding_and_precision_rows():
     assert all(r.value > 0 for r in rows)
     assert "ms/frame saved" in rows[0].note
     assert "largest score difference" in rows[1].note and "median fp32 series score" in rows[1].note
+
+
+def test_prefetch_row_reads_a_registered_cohort_both_ways():
+    before = set(DatasetCatalog.list())
+    rows = prefetch_rows(_model(_config(False, "TemporalConv", 64, "cpu")), 64, 2, 3, 48, 1, "cpu", "TemporalConv T=5",
+                         "tiny")
+    assert [r.measure for r in rows] == ["series read in a background thread vs in turn, TemporalConv T=5"]
+    assert rows[0].value > 0 and rows[0].target == "" and rows[0].met is None  # information only
+    assert "of the sequential time" in rows[0].note
+    assert set(DatasetCatalog.list()) == before  # the scratch cohort is unregistered
