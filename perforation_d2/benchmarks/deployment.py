@@ -29,11 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import CONFIG_DIR
 from ..modeling.series_inference import SeriesPredictor
 from .common import BenchRow, synthetic_series, time_interleaved, write_bench_cohort
-from .inference import _config, _model
+from .inference import _config, _model, leaf_config
 
 ONNX_TARGET = 1.0
+# The R-CNN heads of the decoding rows (top-1 decoding covers every head: tests/modeling/test_top1.py).
+RCNN_LEAVES = {"faster_rcnn.yaml": "Faster R-CNN", "cascade_rcnn.yaml": "Cascade R-CNN"}
 
 
 def _sizes(args: argparse.Namespace) -> tuple[int, int, int, int]:
@@ -233,6 +236,11 @@ def benchmark_deployment(args: argparse.Namespace) -> list[BenchRow]:
         rows: list[BenchRow] = []
         single = _spread_head(_model(_config(False, None, frame_size, device)))
         rows += decoding_rows(single, series, frame_size, rounds, device, "single-frame RetinaNet", how)
+        for leaf, name in RCNN_LEAVES.items():
+            # Random R-CNN heads already score every proposal near 0.5, above the test threshold:
+            # no spreading needed for the old decoding (its NMS) to have work.
+            rows += decoding_rows(_model(leaf_config(CONFIG_DIR / "quick" / leaf, frame_size, device)), series, frame_size, rounds,
+                                  device, f"single-frame {name}", how.replace(" (heads N(0, 0.05))", ""))
         cfg = _config(False, "TemporalConv", frame_size, device)
         model = _spread_head(_model(cfg))
         label = "TemporalConv T=5"

@@ -63,24 +63,28 @@ def label(module: str) -> str:
     return "input fusion T=5" if module == INPUT_FUSION else f"{module} T=5"
 
 
-def _config(full_size: bool, module: str | None, frame_size: int, device: str):
-    """The model config of ``module`` (a MODULES name, INPUT_FUSION, or None: single-frame RetinaNet)."""
+def leaf_config(leaf, frame_size: int, device: str, opts: tuple = ()):
+    """The config of the YAML ``leaf`` (a path) at ``frame_size`` on ``device``, then ``opts``."""
     cfg = get_cfg()
     add_perforation_config(cfg)
-    opts = ["INPUT.FRAME_SIZE", frame_size, "MODEL.DEVICE", device]
+    cfg.merge_from_file(str(leaf))
+    cfg.merge_from_list(["INPUT.FRAME_SIZE", frame_size, "MODEL.DEVICE", device, *opts])
+    return cfg
+
+
+def _config(full_size: bool, module: str | None, frame_size: int, device: str):
+    """The model config of ``module`` (a MODULES name, INPUT_FUSION, or None: single-frame RetinaNet)."""
+    opts: tuple = ()
     if full_size:
         if module == INPUT_FUSION:
             # No full-size input-fusion leaf: the T=5 leaf with the fusion switched.
             leaf = "retinanet_R50_FPN_tconv_T5.yaml"
-            opts += ["MODEL.TEMPORAL.FUSION", "input"]
+            opts = ("MODEL.TEMPORAL.FUSION", "input")
         else:
             leaf = "retinanet_R50_FPN.yaml" if module is None else f"retinanet_R50_FPN_{_LEAVES[module]}_T5.yaml"
-        cfg.merge_from_file(str(CONFIG_DIR / leaf))
-    else:
-        leaf = "retinanet.yaml" if module is None else f"retinanet_{_LEAVES[module]}_T5.yaml"
-        cfg.merge_from_file(str(CONFIG_DIR / "quick" / leaf))
-    cfg.merge_from_list(opts)
-    return cfg
+        return leaf_config(CONFIG_DIR / leaf, frame_size, device, opts)
+    leaf = "retinanet.yaml" if module is None else f"retinanet_{_LEAVES[module]}_T5.yaml"
+    return leaf_config(CONFIG_DIR / "quick" / leaf, frame_size, device)
 
 
 def _targets(module: str, full_size: bool, cuda: bool) -> tuple[float | None, float | None]:

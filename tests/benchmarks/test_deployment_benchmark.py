@@ -6,8 +6,15 @@ from detectron2.data import DatasetCatalog
 from helpers.threads import one_thread  # noqa: F401 (autouse: one intra-op thread)
 
 from perforation_d2.benchmarks.common import synthetic_series
-from perforation_d2.benchmarks.deployment import _spread_head, decoding_rows, precision_rows, prefetch_rows
-from perforation_d2.benchmarks.inference import _config, _model
+from perforation_d2.benchmarks.deployment import (
+    RCNN_LEAVES,
+    _spread_head,
+    decoding_rows,
+    precision_rows,
+    prefetch_rows,
+)
+from perforation_d2.benchmarks.inference import _config, _model, leaf_config
+from perforation_d2.config import CONFIG_DIR
 
 
 def test_decoding_and_precision_rows():
@@ -21,6 +28,15 @@ def test_decoding_and_precision_rows():
     assert all(r.value > 0 for r in rows)
     assert "ms/frame saved" in rows[0].note
     assert "largest score difference" in rows[1].note and "median fp32 series score" in rows[1].note
+
+
+def test_decoding_rows_of_the_rcnn_heads():
+    series = synthetic_series(3, 64)
+    for leaf, name in RCNN_LEAVES.items():
+        model = _model(leaf_config(CONFIG_DIR / "quick" / leaf, 64, "cpu"))
+        rows = decoding_rows(model, series, 64, 1, "cpu", f"single-frame {name}", "tiny")
+        assert [r.measure for r in rows] == [f"Detectron2 decoding + NMS vs top-1 decoding, single-frame {name}"]
+        assert rows[0].value > 0 and "ms/frame saved" in rows[0].note
 
 
 def test_prefetch_row_reads_a_registered_cohort_both_ways():
