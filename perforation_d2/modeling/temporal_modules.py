@@ -18,7 +18,6 @@ input convolutions, the attention's keys and queries).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -199,45 +198,6 @@ def sinusoidal_offsets(num_frames: int, dim: int) -> torch.Tensor:
     return encoding
 
 
-def _tanh(x: torch.Tensor) -> torch.Tensor:
-    """``tanh(x)``, without autograd on CPU as ``2 sigmoid(2x) - 1`` (equal to float rounding, < 3e-7).
-
-    On CPU ``torch.tanh`` is several times slower than ``torch.sigmoid`` (about 7x on a
-    (4, 64, 16, 16) map, torch 2.14), and the recurrent cells evaluate it on every step of every
-    level: about a tenth of the ConvLSTM's time in cached series inference at the quick model's
-    sizes. Under autograd ``torch.tanh`` stays (its backward is one op, the sigmoid form's three:
-    slower at training's small batches), and elsewhere it is fast and one kernel, not three.
-    """
-    if x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
-        return torch.tanh(x)
-    return torch.sigmoid(2 * x).mul_(2).sub_(1)
-
-
-def _reused(module: nn.Module, name: str, build: Callable[[], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
-    """``build()``'s tensors (made from ``module``'s parameters), made contiguous once and then
-    reused while the parameters are unchanged, where nothing needs their gradient.
-
-    The cells' convolutions read halves of their weights (:class:`ConvGRUCell`), and a convolution
-    copies a sliced weight to a contiguous one on every call: without autograd (inference) that is
-    a copy of the recurrent weights at every step of every level, about 5 % of the recurrent
-    modules' time in cached series inference at the quick model's sizes. Under autograd (training)
-    and while traced or compiled (export) ``build()`` runs on every call, as with no cache, so
-    that gradients and graphs see the parameters. The kept tensors are rebuilt when a parameter
-    changes in place (an optimizer step, ``load_state_dict``: its version counter moves) or is
-    replaced (``.to()``, ``param.data = ...``: its storage moves; the entry holds the old tensors,
-    so no new storage can take their address).
-    """
-    if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return build()
-    params = tuple(module.parameters())
-    key = tuple((p.data_ptr(), p._version) for p in params)
-    entries = module.__dict__.setdefault("_reused_weights", {})  # a plain attribute: not in the state dict
-    entry = entries.get(name)
-    if entry is None or entry[0] != key:
-        entry = entries[name] = (key, tuple(t.contiguous() for t in build()), tuple(p.detach() for p in params))
-    return entry[1]
-
-
 class ConvGRUCell(nn.Module):
     """Convolutional GRU cell (Ballas et al. 2015): gates are convolutions over [x, h].
 
@@ -259,22 +219,19 @@ class ConvGRUCell(nn.Module):
     def input_part(self, x: torch.Tensor) -> torch.Tensor:
         """(M, C, H, W) -> (M, 3C, H, W): the x halves of the gate and candidate convolutions."""
         c = self.channels
-        weight, bias = _reused(self, "x", lambda: (
-            torch.cat([self.gates.weight[:, :c], self.candidate.weight[:, :c]]),
-            torch.cat([self.gates.bias, self.candidate.bias]),
-        ))
-        return F.conv2d(x, weight, bias, padding=self.padding)
+        weight = torch.cat([self.gates.weight[:, :c], self.candidate.weight[:, :c]])
+        return F.conv2d(x, weight, torch.cat([self.gates.bias, self.candidate.bias]), padding=self.padding)
 
     def step(self, x_part: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
         """The next state from the frame's :meth:`input_part` and the state (None: zero)."""
         c = self.channels
         if h is None:
             update = torch.sigmoid(x_part[:, :c])
-            return update * _tanh(x_part[:, 2 * c :])
-        gates_h, candidate_h = _reused(self, "h", lambda: (self.gates.weight[:, c:], self.candidate.weight[:, c:]))
-        update, reset = torch.sigmoid(x_part[:, : 2 * c] + F.conv2d(h, gates_h, padding=self.padding)).chunk(2, dim=1)
-        candidate = _tanh(x_part[:, 2 * c :] + F.conv2d(reset * h, candidate_h, padding=self.padding))
-        return torch.lerp(h, candidate, update)  # (1 - update) * h + update * candidate, one op
+            return update * torch.tanh(x_part[:, 2 * c :])
+        gates = x_part[:, : 2 * c] + F.conv2d(h, self.gates.weight[:, c:], padding=self.padding)
+        update, reset = torch.sigmoid(gates).chunk(2, dim=1)
+        candidate = torch.tanh(x_part[:, 2 * c :] + F.conv2d(reset * h, self.candidate.weight[:, c:], padding=self.padding))
+        return (1 - update) * h + update * candidate
 
     def forward(self, x: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
         return self.step(self.input_part(x), h)
@@ -299,24 +256,18 @@ class ConvLSTMCell(nn.Module):
 
     def input_part(self, x: torch.Tensor) -> torch.Tensor:
         """(M, C, H, W) -> (M, 4C, H, W): the x half of the gate convolution."""
-        (weight,) = _reused(self, "x", lambda: (self.gates.weight[:, : self.channels],))
-        return F.conv2d(x, weight, self.gates.bias, padding=self.padding)
+        return F.conv2d(x, self.gates.weight[:, : self.channels], self.gates.bias, padding=self.padding)
 
     def step(self, x_part: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None):
         """The next (h, c) from the frame's :meth:`input_part` and the state (None: zero)."""
-        channels = self.channels
         if state is None:
-            gates = x_part
+            i, _, o, g = x_part.chunk(4, dim=1)
+            c = torch.sigmoid(i) * torch.tanh(g)
         else:
             h, c = state
-            (weight,) = _reused(self, "h", lambda: (self.gates.weight[:, channels:],))
-            gates = x_part + F.conv2d(h, weight, padding=self.padding)
-        # Gates in the order i, f, o, g: one sigmoid over the first three, not three sigmoids.
-        ifo, g = gates.split([3 * channels, channels], dim=1)
-        i, f, o = torch.sigmoid(ifo).chunk(3, dim=1)
-        g = _tanh(g)
-        c = i * g if state is None else torch.addcmul(f * c, i, g)  # f * c + i * g
-        return o * _tanh(c), c
+            i, f, o, g = (x_part + F.conv2d(h, self.gates.weight[:, self.channels :], padding=self.padding)).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None):
         return self.step(self.input_part(x), state)
