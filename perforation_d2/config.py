@@ -75,15 +75,6 @@ def add_perforation_config(cfg: CN) -> None:
     # attention checkpoints load and keep their results.
     _C.MODEL.TEMPORAL.ORDER_ENCODING = False
 
-    # ---- series-level auxiliary loss (issue 11; beyond the paper, RetinaNet only) -------------
-    # Weight of a BCE between each training clip's top-1 logit (its highest anchor score, the
-    # quantity series scores are built from) and its series' label; 0 = off. Focal loss spreads
-    # its weight over every anchor, while the series decision rests on the single highest
-    # score of each frame: this term trains that score directly, and with the series label (not
-    # the frame's boxes) a clip of a positive series may look beyond its centre frame.
-    _C.MODEL.SERIES_LOSS = CN()
-    _C.MODEL.SERIES_LOSS.WEIGHT = 0.0
-
     # ---- DR-IoU box regression loss (paper section 2.2) -------------------------------------
     _C.MODEL.DR_IOU = CN()
     _C.MODEL.DR_IOU.BETA = 0.25

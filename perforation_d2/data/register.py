@@ -24,7 +24,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from ..errors import DSAInputError
-from .cohort import PathLike, frames_by_video, gc_paused, load_cohort, series_labels
+from .cohort import PathLike, frames_by_video, gc_paused, load_cohort
 from .cohort_writer import COHORT_FILE
 from .splits import SPLITS_FILE, Splits, read_splits
 
@@ -55,7 +55,6 @@ def _dataset_dicts(cohort: dict, image_root: PathLike, video_ids: Iterable[int] 
             {"bbox": [float(v) for v in ann["bbox"]], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0}
         )
     frames = frames_by_video(cohort)
-    labels = series_labels(cohort)
     wanted = None if video_ids is None else set(video_ids)
     dicts = []
     for video in cohort["videos"]:
@@ -78,8 +77,6 @@ def _dataset_dicts(cohort: dict, image_root: PathLike, video_ids: Iterable[int] 
                 "num_frames": len(series),
                 # The series' frame interval (None: not recorded): clips spanning a fixed duration need it.
                 "series_frame_time_ms": video.get("frame_time_ms"),
-                # The series' label (SPEC section 1), for the series-level auxiliary loss.
-                "series_positive": labels[vid],
                 "annotations": [dict(box) for box in boxes.get(image["id"], [])],
             })
     return dicts

@@ -13,7 +13,6 @@ a ``(3, H, W)`` image is then accepted too. Outputs are Detectron2's usual
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List
 
 import torch
@@ -31,7 +30,7 @@ from .losses import check_box_reg_loss_type, dense_box_regression_loss
 from .roi_heads import DSAFastRCNNOutputLayers
 from .temporal_modules import check_temporal_config
 
-__all__ = ["TemporalGeneralizedRCNN", "TemporalRetinaNet", "check_series_loss_weight"]
+__all__ = ["TemporalGeneralizedRCNN", "TemporalRetinaNet"]
 
 # Detectron2's RPN knows only these (it calls _dense_box_regression_loss directly).
 _RPN_BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
@@ -44,16 +43,6 @@ def _check_backbone(backbone: Any) -> None:
             "meta-architectures need a temporal backbone (also for NUM_FRAMES = 1); valid choices "
             f"are {', '.join(TEMPORAL_BACKBONE_BUILDERS)}."
         )
-
-
-def check_series_loss_weight(weight: float) -> float:
-    """``MODEL.SERIES_LOSS.WEIGHT`` as a float, or :class:`DSAInputError` unless finite and >= 0."""
-    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
-        raise DSAInputError(
-            f"config: MODEL.SERIES_LOSS.WEIGHT is {weight!r}; it must be a finite number >= 0 "
-            "(0 turns the series-level auxiliary loss off)."
-        )
-    return float(weight)
 
 
 class _ClipInputs:
@@ -106,14 +95,12 @@ class TemporalRetinaNet(_ClipInputs, RetinaNet):
     """RetinaNet on a temporal backbone, with DR-IoU among its box regression losses."""
 
     @configurable
-    def __init__(self, *, dr_iou_beta: float = 0.25, series_loss_weight: float = 0.0, **kwargs):
-        """``dr_iou_beta``: DR-IoU's margin; ``series_loss_weight``: the series-level auxiliary
-        loss's weight (``MODEL.SERIES_LOSS.WEIGHT``, 0 = off); other arguments as :class:`RetinaNet`."""
+    def __init__(self, *, dr_iou_beta: float = 0.25, **kwargs):
+        """``dr_iou_beta``: DR-IoU's margin; other arguments as :class:`RetinaNet`."""
         super().__init__(**kwargs)
         _check_backbone(self.backbone)
         check_box_reg_loss_type(self.box_reg_loss_type, "MODEL.RETINANET.BBOX_REG_LOSS_TYPE")
         self.dr_iou_beta = dr_iou_beta
-        self.series_loss_weight = check_series_loss_weight(series_loss_weight)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
@@ -122,7 +109,6 @@ class TemporalRetinaNet(_ClipInputs, RetinaNet):
         check_box_reg_loss_type(cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE, "MODEL.RETINANET.BBOX_REG_LOSS_TYPE")
         ret = super().from_config(cfg)
         ret["dr_iou_beta"] = cfg.MODEL.DR_IOU.BETA
-        ret["series_loss_weight"] = check_series_loss_weight(cfg.MODEL.SERIES_LOSS.WEIGHT)
         return ret
 
     def forward(self, batched_inputs: List[Dict[str, Any]]):
@@ -136,8 +122,6 @@ class TemporalRetinaNet(_ClipInputs, RetinaNet):
             raise DSAInputError("model input: training needs \"instances\" in every input dict.")
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         losses = self.forward_training(images, features, predictions, gt_instances)
-        if self.series_loss_weight > 0:
-            losses["loss_series"] = self.series_loss_weight * self.series_loss(predictions[0], batched_inputs)
         if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
             # Detections on the training batch, decoded from copies: inference sigmoids in place.
             with torch.no_grad():
@@ -145,24 +129,6 @@ class TemporalRetinaNet(_ClipInputs, RetinaNet):
                 results = self.forward_inference(images, features, copies)
             self.visualize_training(batched_inputs, results)
         return losses
-
-    def series_loss(self, pred_logits: List[torch.Tensor], batched_inputs: List[Dict[str, Any]]) -> torch.Tensor:
-        """Mean BCE between each clip's top-1 logit and its series label (``"series_positive"``).
-
-        ``pred_logits``: the head's class logits per level, each (N, A*K, H, W). The top-1 logit
-        is the maximum over every anchor, level and class (one class here), so the gradient reaches
-        exactly the anchor that would give the frame's detection.
-        """
-        missing = [x.get("file_name", "model input") for x in batched_inputs if x.get("series_positive") not in (0, 1)]
-        if missing:
-            raise DSAInputError(
-                f"{missing[0]}: MODEL.SERIES_LOSS.WEIGHT > 0 needs the series label \"series_positive\" "
-                "(0 or 1) in every training input; the registered cohorts' dataset dicts carry it "
-                "(docs/ARCHITECTURE.md, \"Dataset dicts\"), so add it to custom ones."
-            )
-        top1_logits = torch.cat([level.flatten(1) for level in pred_logits], dim=1).amax(dim=1)
-        labels = torch.tensor([float(x["series_positive"]) for x in batched_inputs], device=top1_logits.device)
-        return F.binary_cross_entropy_with_logits(top1_logits, labels.to(top1_logits.dtype))
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
         """RetinaNet's focal and box losses (see :meth:`RetinaNet.losses`), DR-IoU included."""
@@ -212,11 +178,6 @@ class TemporalGeneralizedRCNN(_ClipInputs, GeneralizedRCNN):
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
         check_temporal_config(cfg)
-        if check_series_loss_weight(cfg.MODEL.SERIES_LOSS.WEIGHT) > 0:
-            raise DSAInputError(
-                f"config: MODEL.SERIES_LOSS.WEIGHT is {cfg.MODEL.SERIES_LOSS.WEIGHT!r}, but the series-level "
-                "auxiliary loss exists for TemporalRetinaNet only; set it to 0 for R-CNN models."
-            )
         box_loss = cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE
         check_box_reg_loss_type(box_loss, "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE")
         rpn_loss = cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE
