@@ -30,6 +30,7 @@ from helpers.dicom_factory import (
     write_xa,
 )
 from helpers.quick_model import write_quick_config, write_quick_model
+from helpers.salt import use_salt_file
 from PIL import Image
 
 import perforation_d2
@@ -56,11 +57,7 @@ def _one_thread():
 def salt_file(tmp_path_factory, monkeypatch) -> Path:
     """Each test's own existing per-user salt file, outside ``tmp_path`` (never the real ~/.config);
     its creation is tested with prepare-dicom."""
-    path = tmp_path_factory.mktemp("config") / "salt"
-    path.write_text("a-per-user-salt-" + os.urandom(8).hex() + "\n")
-    monkeypatch.setenv("PERFORATION_D2_SALT_FILE", str(path))
-    monkeypatch.delenv("PERFORATION_D2_SALT", raising=False)
-    return path
+    return use_salt_file(tmp_path_factory, monkeypatch, "a-per-user-salt-" + os.urandom(8).hex())
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import torch
 from helpers.cohorts import make_toy_cohort
 from helpers.dicom_factory import make_identity, ramp_frames, write_single_frame_series, write_xa
 from helpers.quick_model import write_quick_model
+from helpers.salt import use_salt_file
 
 import perforation_d2.evaluation.predictions as predictions
 import perforation_d2.inference.archive as archive
@@ -43,10 +44,7 @@ def _environment(tmp_path_factory, monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    salt = tmp_path_factory.mktemp("config") / "salt"
-    salt.write_text("archive-test-salt\n")
-    monkeypatch.setenv("PERFORATION_D2_SALT_FILE", str(salt))
-    monkeypatch.delenv("PERFORATION_D2_SALT", raising=False)
+    use_salt_file(tmp_path_factory, monkeypatch, "archive-test-salt")
     yield
     torch.set_num_threads(threads)
 

@@ -8,10 +8,11 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 from helpers.cohorts import make_toy_cohort
 from helpers.dicom_factory import make_identity, ramp_frames, write_xa
 from helpers.quick_model import write_quick_model
+from helpers.salt import use_salt_file
+from helpers.threads import one_thread  # noqa: F401 (autouse: one intra-op thread)
 
 import perforation_d2.inference.archive as archive
 from perforation_d2.cli import main
@@ -24,15 +25,8 @@ def model(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(autouse=True)
-def _environment(tmp_path_factory, monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    salt = tmp_path_factory.mktemp("config") / "salt"
-    salt.write_text("prefetch-test-salt\n")
-    monkeypatch.setenv("PERFORATION_D2_SALT_FILE", str(salt))
-    monkeypatch.delenv("PERFORATION_D2_SALT", raising=False)
-    yield
-    torch.set_num_threads(threads)
+def _salt(tmp_path_factory, monkeypatch):
+    use_salt_file(tmp_path_factory, monkeypatch, "prefetch-test-salt")
 
 
 def prefetch_threads() -> list[threading.Thread]:
