@@ -148,8 +148,7 @@ def prefetch_rows(model, frame_size: int, num_series: int, num_frames: int, sour
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from ..data.register import register_dsa_cohort
-    from ..evaluation.inference import _series_of_dataset, iterate_series_predictions
-    from ..modeling.series_inference import load_series_frames
+    from ..evaluation.inference import _series_of_dataset, iterate_series_predictions, read_prepared_series
 
     predictor = SeriesPredictor(model, frame_size, 4)
     name = f"benchmark_prefetch_{os.getpid()}"
@@ -165,7 +164,7 @@ def prefetch_rows(model, frame_size: int, num_series: int, num_frames: int, sour
             return _no_grad(lambda: sum(1 for _ in iterate_series_predictions(predictor, series, prefetch_depth=depth)))
 
         works = {"sequential": loop(0), "overlapped": loop(1),
-                 "reading": lambda: [predictor.prepare(load_series_frames(records[0])) for records in series]}
+                 "reading": lambda: [read_prepared_series(predictor, records) for records in series]}
         time_interleaved(works, 1, device)
         times = time_interleaved(works, rounds, device)
     return [BenchRow(

@@ -29,12 +29,13 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.mapper import read_grey_frame, series_label
 from ..data.prefetch import Prefetch
 from ..modeling.precision import precision_from_cfg
-from ..modeling.series_inference import SeriesPredictor, load_series_frames
+from ..modeling.series_inference import PreparedSeries, SeriesPredictor, load_series_frames
 from .matching import box_iou
 from .predictions import predict_one_series
 
 __all__ = [
     "PrecisionAgreement", "cached_series_test", "compare_precision", "inference_on_cohort", "iterate_series_predictions",
+    "read_prepared_series",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,12 @@ def _series_of_dataset(dataset_dicts: Sequence[dict]) -> list[list[dict]]:
     for record in dataset_dicts:
         grouped[record["video_id"]].append(record)
     return [sorted(records, key=lambda r: r["frame_id"]) for records in grouped.values()]
+
+
+def read_prepared_series(predictor: SeriesPredictor, records: Sequence[dict],
+                         loader: Callable[[str], np.ndarray] = read_grey_frame) -> PreparedSeries:
+    """One series (its per-frame dataset dicts) read from disk and prepared for ``predictor``."""
+    return predictor.prepare(load_series_frames(records[0], loader))
 
 
 def iterate_series_predictions(
@@ -63,8 +70,8 @@ def iterate_series_predictions(
     one after the other, the same results); a frame that cannot be read raises at its series.
     """
 
-    def load(records: Sequence[dict]):
-        return predictor.prepare(load_series_frames(records[0], loader))
+    def load(records: Sequence[dict]) -> PreparedSeries:
+        return read_prepared_series(predictor, records, loader)
 
     with Prefetch(series, load, prefetch_depth) as loaded:
         for records, frames in loaded:

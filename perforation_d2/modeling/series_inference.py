@@ -97,7 +97,11 @@ class PreparedSeries:
     frames: torch.Tensor  # (F, C, S, S) uint8, C = 1 (grey) or 3 (RGB); pinned when the model is on CUDA
     height: int  # the original frame size (outputs are in its pixels)
     width: int
-    pinned: bool
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the frames are in pinned host memory (then copied to the GPU asynchronously)."""
+        return self.frames.is_pinned()
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -193,7 +197,7 @@ class SeriesPredictor:
         frames = _as_grey_or_rgb_uint8(frames)
         pin = self.model.pixel_mean.device.type == "cuda"
         return PreparedSeries(_resize_planes(frames, self.frame_size, pin_memory=pin), int(frames.shape[-2]),
-                              int(frames.shape[-1]), pin)
+                              int(frames.shape[-1]))
 
     def _preprocess(self, resized: torch.Tensor, pinned: bool) -> ImageList:
         """Frames resized by :meth:`prepare`, ``(M, C, S, S)`` uint8: to the device, normalised and
