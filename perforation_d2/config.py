@@ -94,13 +94,6 @@ def add_perforation_config(cfg: CN) -> None:
     # Decoded frames kept per data-loading process (LRU), so that overlapping clips of a series
     # decode each frame once. 0 disables the cache.
     _C.INPUT.DSA_FRAME_CACHE_MB = 256
-    # Time-order negatives (data/time_order_negatives.py): with probability PROB a training clip with a
-    # perforation has its context reversed or shuffled and, if the lesion then shrinks by MIN_SHRINK
-    # or more (relative) below its earlier size, is trained as a frame without boxes. Temporal models
-    # only (T > 1); 0 turns it off.
-    _C.INPUT.TIME_ORDER_NEGATIVES = CN()
-    _C.INPUT.TIME_ORDER_NEGATIVES.PROB = 0.0
-    _C.INPUT.TIME_ORDER_NEGATIVES.MIN_SHRINK = 0.2
 
     # ---- optimisation (paper section 4.1) ---------------------------------------------------
     # "exponential" is added by perforation_d2 next to Detectron2's "linear" and "constant".

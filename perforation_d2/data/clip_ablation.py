@@ -51,12 +51,10 @@ def check_clip_ablation(mode: str) -> str:
     return mode
 
 
-def clip_slot_order(mode: str, clip_length: int, frame_index: int = 0,
-                    rng: np.random.Generator | None = None) -> list[int]:
+def clip_slot_order(mode: str, clip_length: int, frame_index: int = 0) -> list[int]:
     """Slot ``j`` of the ablated clip takes slot ``order[j]`` of the normal clip.
 
-    ``frame_index`` (the centre frame's index in its series) seeds ``"shuffle"`` only; a given
-    ``rng`` draws the shuffle instead (training's time-order negatives, not the diagnostic).
+    ``frame_index`` (the centre frame's index in its series) seeds ``"shuffle"`` only.
     """
     check_clip_ablation(mode)
     slots = list(range(clip_length))
@@ -68,8 +66,7 @@ def clip_slot_order(mode: str, clip_length: int, frame_index: int = 0,
     if mode == "reverse":
         return slots[::-1]
     context = [s for s in slots if s != centre]
-    if rng is None:
-        rng = np.random.default_rng([_SHUFFLE_SEED, int(frame_index)])
+    rng = np.random.default_rng([_SHUFFLE_SEED, int(frame_index)])
     while True:
         drawn = [context[i] for i in rng.permutation(len(context))]
         if drawn != context:

@@ -35,7 +35,6 @@ from detectron2.data import detection_utils as utils
 
 from ..errors import DSAInputError
 from .clip_transforms import ClipAffineTransform, DSAClipAugmentation
-from .time_order_negatives import TimeOrderNegatives, check_time_order_negatives
 
 __all__ = ["DSAClipMapper", "FrameCache", "check_clip_frame_times", "check_clip_span", "check_frame_size",
            "check_input_config", "clip_indices", "read_grey_frame", "series_label"]
@@ -211,7 +210,6 @@ def check_input_config(cfg) -> None:
     check_clip_span(cfg.MODEL.TEMPORAL.CLIP_SPAN_MS)
     check_frame_size(cfg.INPUT.FRAME_SIZE)
     _check_augmentation(cfg.INPUT.DSA_AUG)
-    check_time_order_negatives(cfg.INPUT.TIME_ORDER_NEGATIVES.PROB, cfg.INPUT.TIME_ORDER_NEGATIVES.MIN_SHRINK)
 
 
 class DSAClipMapper:
@@ -233,20 +231,16 @@ class DSAClipMapper:
         augmentation: DSAClipAugmentation | None = None,
         cache_mb: float = 256.0,
         clip_span_ms: float = 0.0,
-        time_order_negatives: TimeOrderNegatives | None = None,
     ):
         self.is_train = is_train
         self.num_frames = check_clip_length(num_frames)
         self.clip_span_ms = check_clip_span(clip_span_ms)
         self.frame_size = check_frame_size(frame_size)
         self.augmentation = augmentation
-        self.time_order_negatives = time_order_negatives if is_train and num_frames > 1 else None
         self.cache = FrameCache(int(cache_mb * 2**20))
         mode = "training" if is_train else "inference"
         span = f" spanning {clip_span_ms:g} ms" if clip_span_ms > 0 else ""
-        negatives = f", {self.time_order_negatives}" if self.time_order_negatives is not None else ""
-        logger.info(f"[DSAClipMapper] {mode}: T={num_frames}{span}, {frame_size}px, augmentation {augmentation}"
-                    f"{negatives}")
+        logger.info(f"[DSAClipMapper] {mode}: T={num_frames}{span}, {frame_size}px, augmentation {augmentation}")
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> dict:
@@ -256,8 +250,6 @@ class DSAClipMapper:
             augmentation = DSAClipAugmentation.from_config(cfg)
         else:
             augmentation = None
-        negatives_cfg = cfg.INPUT.TIME_ORDER_NEGATIVES
-        prob, min_shrink = check_time_order_negatives(negatives_cfg.PROB, negatives_cfg.MIN_SHRINK)
         return {
             "is_train": is_train,
             "num_frames": cfg.MODEL.TEMPORAL.NUM_FRAMES,
@@ -265,7 +257,6 @@ class DSAClipMapper:
             "augmentation": augmentation,
             "cache_mb": cfg.INPUT.DSA_FRAME_CACHE_MB,
             "clip_span_ms": cfg.MODEL.TEMPORAL.CLIP_SPAN_MS,
-            "time_order_negatives": TimeOrderNegatives(prob, min_shrink) if is_train and prob > 0 else None,
         }
 
     def _read(self, path: str, dataset_dict: dict, frame_index: int) -> np.ndarray:
@@ -284,11 +275,6 @@ class DSAClipMapper:
         files = out["series_file_names"]
         indices = clip_indices(out["frame_id"], len(files), self.num_frames, out.get("series_frame_time_ms"),
                                self.clip_span_ms, series_label(out))
-        if self.time_order_negatives is not None:
-            order = self.time_order_negatives(out, indices)
-            if order is not None:  # out of time order: the centre frame stays, its boxes go
-                indices = [indices[slot] for slot in order]
-                out["annotations"] = []
         distinct = sorted(set(indices))
         frames = [self._read(files[i], out, i) for i in distinct]
         centre = frames[distinct.index(out["frame_id"])]

@@ -27,7 +27,6 @@ from ..errors import DSAInputError
 from .cohort import PathLike, frames_by_video, gc_paused, load_cohort
 from .cohort_writer import COHORT_FILE
 from .splits import SPLITS_FILE, Splits, read_splits
-from .time_order_negatives import series_boxes
 
 __all__ = [
     "COHORT_FILE",
@@ -64,8 +63,6 @@ def _dataset_dicts(cohort: dict, image_root: PathLike, video_ids: Iterable[int] 
             continue
         series = frames[vid]
         file_names = [os.path.join(root, image["file_name"]) for image in series]
-        # Every frame's boxes, one array shared by the series' dicts (time-order negatives read it).
-        boxes_of_series = series_boxes([[box["bbox"] for box in boxes.get(image["id"], [])] for image in series])
         for image, file_name in zip(series, file_names):
             dicts.append({
                 "file_name": file_name,
@@ -81,7 +78,6 @@ def _dataset_dicts(cohort: dict, image_root: PathLike, video_ids: Iterable[int] 
                 # The series' frame interval (None: not recorded): clips spanning a fixed duration need it.
                 "series_frame_time_ms": video.get("frame_time_ms"),
                 "annotations": [dict(box) for box in boxes.get(image["id"], [])],
-                "series_boxes": boxes_of_series,
             })
     return dicts
 

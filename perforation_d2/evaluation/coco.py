@@ -16,7 +16,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..box_geometry import centres_overlap
+from .series_optimization import centres_overlap
 
 
 class CentreOverlapCOCOeval(COCOeval):

@@ -22,10 +22,6 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..box_geometry import centres_overlap
-
-__all__ = ["Detection", "optimize_series", "trajectories"]
-
 
 @dataclass(frozen=True)
 class Detection:
@@ -33,6 +29,18 @@ class Detection:
 
     bbox: tuple[float, float, float, float]
     score: float
+
+
+def centre_in_box(box: Sequence[float], other: Sequence[float]) -> bool:
+    """Whether the centre of ``box`` lies inside ``other`` (both ``x, y, w, h``; borders inclusive)."""
+    cx = box[0] + box[2] / 2.0
+    cy = box[1] + box[3] / 2.0
+    return other[0] <= cx <= other[0] + other[2] and other[1] <= cy <= other[1] + other[3]
+
+
+def centres_overlap(a: Sequence[float], b: Sequence[float]) -> bool:
+    """The centre-overlap criterion: the centre of ``a`` inside ``b`` or the centre of ``b`` inside ``a``."""
+    return centre_in_box(a, b) or centre_in_box(b, a)
 
 
 def trajectories(frame_detections: Sequence[Detection | None]) -> list[tuple[int, int]]:

@@ -28,7 +28,7 @@ from perforation_d2.errors import DSAInputError
 
 DICT_KEYS = {
     "file_name", "image_id", "height", "width", "video_id", "frame_id", "patient_id", "cohort",
-    "series_file_names", "num_frames", "series_frame_time_ms", "annotations", "series_boxes",
+    "series_file_names", "num_frames", "series_frame_time_ms", "annotations",
 }
 
 

@@ -6,9 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perforation_d2.box_geometry import centres_overlap
 from perforation_d2.evaluation import Detection, optimize_series
-from perforation_d2.evaluation.series_optimization import trajectories
+from perforation_d2.evaluation.series_optimization import centres_overlap, trajectories
 
 
 def det(x: float, y: float, w: float, h: float, score: float) -> Detection:
