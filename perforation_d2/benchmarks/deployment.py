@@ -148,14 +148,14 @@ def prefetch_rows(model, frame_size: int, num_series: int, num_frames: int, sour
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from ..data.register import register_dsa_cohort
-    from ..evaluation.inference import _series_of_dataset, iterate_series_predictions, read_prepared_series
+    from ..evaluation.inference import iterate_series_predictions, read_prepared_series, series_of_dataset
 
     predictor = SeriesPredictor(model, frame_size, 4)
     name = f"benchmark_prefetch_{os.getpid()}"
     with tempfile.TemporaryDirectory() as folder:
         register_dsa_cohort(name, write_bench_cohort(Path(folder), num_series, num_frames, source_size))
         try:
-            series = _series_of_dataset(DatasetCatalog.get(name))
+            series = series_of_dataset(DatasetCatalog.get(name))
         finally:
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)

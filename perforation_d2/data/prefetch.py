@@ -31,12 +31,13 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["Prefetch"]
+__all__ = ["THREAD_NAME", "Prefetch"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 _DONE = object()  # the thread loaded every item
+THREAD_NAME = "perforation_d2-prefetch"  # of the loading thread, to find it in threading.enumerate()
 
 
 class Prefetch(Generic[T, R]):
@@ -56,7 +57,7 @@ class Prefetch(Generic[T, R]):
             raise RuntimeError("a Prefetch runs once")
         if self.depth == 0:
             return ((item, self.load(item)) for item in self.items)
-        self.thread = threading.Thread(target=self._produce, name="perforation_d2-prefetch", daemon=True)
+        self.thread = threading.Thread(target=self._produce, name=THREAD_NAME, daemon=True)
         self.thread.start()
         return self._consume()
 

@@ -35,13 +35,13 @@ from .predictions import predict_one_series
 
 __all__ = [
     "PrecisionAgreement", "cached_series_test", "compare_precision", "inference_on_cohort", "iterate_series_predictions",
-    "read_prepared_series",
+    "read_prepared_series", "series_of_dataset",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-def _series_of_dataset(dataset_dicts: Sequence[dict]) -> list[list[dict]]:
+def series_of_dataset(dataset_dicts: Sequence[dict]) -> list[list[dict]]:
     """Group per-frame dataset dicts by series, frames in order, series in first-seen order."""
     grouped: dict[int, list[dict]] = defaultdict(list)
     for record in dataset_dicts:
@@ -100,7 +100,7 @@ def inference_on_cohort(
     """
     if isinstance(model, DistributedDataParallel):
         model = model.module
-    all_series = _series_of_dataset(DatasetCatalog.get(dataset_name))
+    all_series = series_of_dataset(DatasetCatalog.get(dataset_name))
     my_series = all_series[comm.get_rank() :: comm.get_world_size()]
     if evaluator is None:
         evaluator = DatasetEvaluators([])

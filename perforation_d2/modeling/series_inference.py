@@ -98,11 +98,6 @@ class PreparedSeries:
     height: int  # the original frame size (outputs are in its pixels)
     width: int
 
-    @property
-    def pinned(self) -> bool:
-        """Whether the frames are in pinned host memory (then copied to the GPU asynchronously)."""
-        return self.frames.is_pinned()
-
     def __len__(self) -> int:
         return len(self.frames)
 
@@ -199,11 +194,11 @@ class SeriesPredictor:
         return PreparedSeries(_resize_planes(frames, self.frame_size, pin_memory=pin), int(frames.shape[-2]),
                               int(frames.shape[-1]))
 
-    def _preprocess(self, resized: torch.Tensor, pinned: bool) -> ImageList:
+    def _preprocess(self, resized: torch.Tensor) -> ImageList:
         """Frames resized by :meth:`prepare`, ``(M, C, S, S)`` uint8: to the device, normalised and
         padded exactly as the mapper and the meta-architecture do (grey replicated to 3 channels)."""
         model = self.model
-        if pinned:  # asynchronous: the kernels below run after the copy on the same stream
+        if resized.is_pinned():  # asynchronous: the kernels below run after the copy on the same stream
             images = resized.to(model.pixel_mean.device, non_blocking=True)
         else:
             images = move_device_like(resized, model.pixel_mean)
@@ -286,7 +281,7 @@ class SeriesPredictor:
             last_needed = batch[-1][-1]
             while next_frame <= last_needed:
                 until = min(last_needed + 1, next_frame + chunk)
-                images = self._preprocess(prepared.frames[next_frame:until], prepared.pinned)
+                images = self._preprocess(prepared.frames[next_frame:until])
                 image_size = images.image_sizes[0]
                 features = self._frame_features(images.tensor)
                 for offset, index in enumerate(range(next_frame, until)):

@@ -8,15 +8,10 @@ import threading
 import time
 
 import pytest
+from helpers.threads import prefetch_threads
 
 from perforation_d2.data.prefetch import Prefetch
 from perforation_d2.errors import DSAInputError
-
-THREAD = "perforation_d2-prefetch"
-
-
-def prefetch_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == THREAD]
 
 
 @pytest.fixture(autouse=True)

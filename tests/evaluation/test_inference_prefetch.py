@@ -4,8 +4,6 @@ loading thread left after an early stop or a failing evaluator. A real quick mod
 
 from __future__ import annotations
 
-import threading
-
 import cv2
 import numpy as np
 import pytest
@@ -15,22 +13,18 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.modeling import build_model
 from helpers.cohorts import make_toy_cohort
 from helpers.series_models import FRAME_SIZE, quick_cfg, widen_heads
-from helpers.threads import one_thread  # noqa: F401 (autouse: one intra-op thread)
+from helpers.threads import one_thread, prefetch_threads  # noqa: F401 (one_thread: autouse, one intra-op thread)
 
 from perforation_d2.data import register_dsa_cohort
 from perforation_d2.errors import DSAInputError
 from perforation_d2.evaluation.inference import (
-    _series_of_dataset,
     inference_on_cohort,
     iterate_series_predictions,
+    series_of_dataset,
 )
 from perforation_d2.modeling.series_inference import SeriesPredictor
 
 FRAMES = [5, 3, 6, 2]
-
-
-def prefetch_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "perforation_d2-prefetch"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +38,7 @@ def textured_cohort(tmp_path, name: str) -> list[list[dict]]:
     """A registered toy cohort whose frames are random textures (so every series predicts differently)."""
     json_file = make_toy_cohort(tmp_path / name, num_patients=len(FRAMES), frames=FRAMES, size=56)
     register_dsa_cohort(name, json_file)
-    series = _series_of_dataset(DatasetCatalog.get(name))
+    series = series_of_dataset(DatasetCatalog.get(name))
     rng = np.random.default_rng(0)
     for records in series:
         for path in records[0]["series_file_names"]:

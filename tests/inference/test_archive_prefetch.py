@@ -4,7 +4,6 @@ reference: ``archive.Prefetch`` forced to depth 0), and no loading thread outliv
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from helpers.cohorts import make_toy_cohort
 from helpers.dicom_factory import make_identity, ramp_frames, write_xa
 from helpers.quick_model import write_quick_model
 from helpers.salt import use_salt_file
-from helpers.threads import one_thread  # noqa: F401 (autouse: one intra-op thread)
+from helpers.threads import one_thread, prefetch_threads  # noqa: F401 (one_thread: autouse, one intra-op thread)
 
 import perforation_d2.inference.archive as archive
 from perforation_d2.cli import main
@@ -27,10 +26,6 @@ def model(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(autouse=True)
 def _salt(tmp_path_factory, monkeypatch):
     use_salt_file(tmp_path_factory, monkeypatch, "prefetch-test-salt")
-
-
-def prefetch_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "perforation_d2-prefetch"]
 
 
 def run(model, monkeypatch, capsys, input_path: Path, out: Path, sequential: bool, *extra: str):

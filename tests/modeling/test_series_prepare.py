@@ -30,7 +30,7 @@ def test_prepared_frames_are_the_mappers_resize_whatever_the_chunks():
     predictor = SeriesPredictor(model_on("cpu"), FRAME_SIZE)
     frames = torch.from_numpy(random_frames(9, 70, 90))
     prepared = predictor.prepare(frames)
-    assert prepared.frames.shape == (9, 1, FRAME_SIZE, FRAME_SIZE) and not prepared.pinned  # grey: one plane
+    assert prepared.frames.shape == (9, 1, FRAME_SIZE, FRAME_SIZE) and not prepared.frames.is_pinned()  # grey: one plane
     assert (prepared.height, prepared.width) == (70, 90)
     whole = resize_frames(frames, FRAME_SIZE)
     assert torch.equal(prepared.frames.expand(-1, 3, -1, -1), whole)
@@ -59,8 +59,8 @@ def test_on_cuda_frames_are_pinned_and_copied_asynchronously_with_the_same_resul
     predictor = SeriesPredictor(model_on("cuda"), FRAME_SIZE, batch_size=2)
     frames = random_frames(7)
     prepared = predictor.prepare(frames)
-    assert prepared.pinned and prepared.frames.is_pinned()
-    pageable = dataclasses.replace(prepared, frames=prepared.frames.clone(), pinned=False)
+    assert prepared.frames.is_pinned()
+    pageable = dataclasses.replace(prepared, frames=torch.empty(prepared.frames.shape, dtype=torch.uint8).copy_(prepared.frames))
     assert not pageable.frames.is_pinned()
     assert detections(predictor(prepared)) == detections(predictor(pageable)) == detections(predictor(frames))
 
