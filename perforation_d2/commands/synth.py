@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 from ..arguments import bounded_int, finite_float, seed
+from ..experiments.diagnostics import oracle_statistics
 from ..io.json_io import read_json
-from ..synth.cohort import DEFAULT_OPTIONS, LOOK_ALIKES, generate_synthetic_cohort
+from ..synth.cohort import DEFAULT_OPTIONS, LOOK_ALIKES, TRUTH_FILE, generate_synthetic_cohort
 from ..synth.preview import PREVIEW_FILE
 
 
@@ -60,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
         f"{len(cohort['images'])} frames of {args.size} px, {len(cohort['annotations'])} boxes "
         f"in {time.perf_counter() - start:.1f} s"
     )
+    oracle = oracle_statistics(read_json(cohort_json.parent / TRUTH_FILE, "synthetic truth file"))
+    if oracle["AUC"] is not None:
+        # What the true time courses allow: the yardstick for a temporal model on this cohort.
+        print(f"time-course oracle (perforation_d2/synth/oracle.py): AUC {oracle['AUC']:.3f}, "
+              f"sensitivity at 95% specificity {oracle['sens_at_95spec']:.3f} over all {oracle['series']} series")
     if not args.no_preview:
         print(f"preview: {cohort_json.parent / PREVIEW_FILE}")
     return 0

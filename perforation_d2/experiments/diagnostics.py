@@ -7,6 +7,9 @@
   single-frame model has no context to remove: its normal figures fill every column.
 - :func:`time_use_of_files`: the same table for ``evaluate --time-use`` / ``compare --time-use``,
   from the ablation predictions the diagnostic keeps next to each predictions file.
+- :func:`time_course_oracle`: on a synthetic cohort, the AUC its true time courses allow
+  (:mod:`perforation_d2.synth.oracle`) on the report's held-out series, pooled and per fold,
+  the ceiling a model's time use is read against. Absent for a cohort without ``synth_truth.json``.
 - :func:`training_curves`: the held-out side's AUC over training from each job's
   ``metrics.json`` (Detectron2's EvalHook puts the evaluator's ``dsa/AUC`` there every
   ``TEST.EVAL_PERIOD`` iterations and after the last one), one line per fold and run and their
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,11 @@ from ..evaluation.bootstrap import bootstrap_auc_intervals
 from ..evaluation.cohort_index import CohortIndex
 from ..evaluation.metrics import SeriesEvaluation
 from ..evaluation.plots import learning_curve_png
+from ..evaluation.roc import roc_statistics
 from ..evaluation.selection import evaluate_files
+from ..io.json_io import read_json
+from ..synth.cohort import TRUTH_FILE
+from ..synth.oracle import oracle_series_scores
 from .plan import TIME_USE_ABLATIONS, Job
 from .report_text import TIME_USE_SCOPE, mean_std, time_use_markdown
 
@@ -125,6 +132,40 @@ def time_use_of_files_markdown(selection: Any, paths: Sequence[str], names: Sequ
     """:func:`time_use_of_files` and its table as markdown lines, rows in the order of ``names``."""
     table = time_use_of_files(selection, paths, names, evaluations, series_optimization, index)
     return table, time_use_markdown(table, dict(zip(names, names)), scope=TIME_USE_SCOPE)
+
+
+def oracle_statistics(truth: Mapping[str, Any], video_ids: Sequence[int] | None = None,
+                      truth_file: str = TRUTH_FILE) -> dict[str, Any]:
+    """``{"AUC", "sens_at_95spec", "series", "positives"}`` of the time-course oracle on ``video_ids``
+    (every series of ``truth``, the parsed truth file, when None); AUC None with one class."""
+    try:
+        scores = oracle_series_scores(truth, video_ids)
+        labels = {video["video_id"]: int(video["label"]) for video in truth["videos"]}
+    except (KeyError, TypeError, ValueError) as error:
+        raise DSAInputError(
+            f"{truth_file}: the synthetic truth file does not describe these series ({error}); it should be the "
+            f"{TRUTH_FILE} that `synth` wrote beside this cohort.json, with per series its video_id, label and "
+            "events (frames, densities).") from None
+    ids = sorted(scores)
+    statistics = roc_statistics(np.array([labels[i] for i in ids]), np.array([scores[i] for i in ids]))
+    return {"AUC": statistics.auc, "sens_at_95spec": statistics.sens_at_95spec, "series": len(ids),
+            "positives": sum(labels[i] for i in ids)}
+
+
+def time_course_oracle(cohort_json: str | Path, held_out: Mapping[str, Sequence[int]]) -> dict[str, Any] | None:
+    """The time-course oracle on the report's held-out series: ``{"truth_file", "pooled", "per_split"}``.
+
+    ``held_out`` maps each held-out split to its series (video ids); pooled is their union. None
+    when the cohort has no synthetic truth file beside its ``cohort.json`` (a real cohort).
+    """
+    truth_file = Path(cohort_json).parent / TRUTH_FILE
+    if not truth_file.is_file() or not held_out:
+        return None
+    truth = read_json(truth_file, "synthetic truth file")
+    pooled = sorted({i for ids in held_out.values() for i in ids})
+    return {"truth_file": str(truth_file), "pooled": oracle_statistics(truth, pooled, str(truth_file)),
+            "per_split": {split: oracle_statistics(truth, list(ids), str(truth_file))
+                          for split, ids in sorted(held_out.items())}}
 
 
 def read_auc_points(metrics_file: Path, max_iter: int) -> dict[int, float]:

@@ -34,7 +34,7 @@ from ..evaluation.plots import learning_curve_png, pr_overlay_png, roc_plot_png
 from ..evaluation.predictions import read_predictions_json
 from ..evaluation.roc import roc_statistics
 from ..io.transaction import write_output_files
-from .diagnostics import time_use_table, training_curve_png, training_curves
+from .diagnostics import time_course_oracle, time_use_table, training_curve_png, training_curves
 from .jobs import DONE, job_state
 from .plan import KFOLD, LOCO, TIME_USE_ABLATIONS, ExperimentPlan, Job
 from .report_text import mean_std, report_markdown
@@ -182,6 +182,10 @@ def build_report(plan: ExperimentPlan, configs: dict[str, dict], ensemble: list[
     time_use = time_use_table(main, ablated, {model: configs[model]["num_frames"] for model in main})
     if time_use:
         results["time_use"] = time_use
+    oracle = time_course_oracle(plan.cohort_json, {job.split: list(job.val_video_ids) for job in plan.jobs
+                                                   if job.split_set == kind})
+    if oracle:
+        results["time_course_oracle"] = oracle
     curves = training_curves([job for job in plan.jobs if job.split_set == kind and job_state(job).state == DONE],
                              {name: info["max_iter"] for name, info in configs.items()})
     if curves:

@@ -38,6 +38,21 @@ def _p(value: float | None) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def time_course_oracle_markdown(oracle: dict[str, Any]) -> list[str]:
+    """The oracle's pooled and per-fold AUC (``diagnostics.time_course_oracle``) as markdown lines."""
+    def cells(entry: dict[str, Any]) -> str:
+        auc = "n/a" if entry["AUC"] is None else f"{entry['AUC']:.3f}"
+        sens = "n/a" if entry["sens_at_95spec"] is None else f"{entry['sens_at_95spec']:.3f}"
+        return f"{auc} | {sens} | {entry['series']} ({entry['positives']} positive)"
+    lines = [f"What the cohort's true time courses allow (`{oracle['truth_file']}` read by the rule \"a perforation "
+             "grows and persists\": perforation_d2/synth/oracle.py), on the same held-out series. It is not a model; "
+             "a temporal model far below it leaves the time course unused.", "",
+             "| held out | oracle AUC | oracle mSens95 | series |", "|---|---|---|---|"]
+    lines += [f"| {split} | {cells(entry)} |" for split, entry in oracle["per_split"].items()]
+    lines.append(f"| pooled | {cells(oracle['pooled'])} |")
+    return lines
+
+
 def report_markdown(results: dict[str, Any]) -> str:
     lines = ["# Cross-validation report", ""]
     kind = "leave-one-cohort-out" if results["split_kind"] == "loco" else "patient-level K-fold"
@@ -91,6 +106,8 @@ def report_markdown(results: dict[str, Any]) -> str:
         lines.append("")
     if results.get("time_use"):
         lines += ["## Time use", "", *time_use_markdown(results["time_use"]), ""]
+    if results.get("time_course_oracle"):
+        lines += ["## Time-course oracle", "", *time_course_oracle_markdown(results["time_course_oracle"]), ""]
     if results.get("training_curve"):
         lines += ["## Held-out AUC over training", "", *training_curve_markdown(results["training_curve"]), ""]
     lines += ["## Curves", "", "Pooled out-of-fold ROC and box-level PR (centre criterion) of the run whose AUC is "

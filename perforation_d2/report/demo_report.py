@@ -15,7 +15,12 @@ from ..benchmarks.common import machine_description
 from ..data.cohort import load_cohort, series_labels
 from ..evaluation.predictions import read_predictions_json, surviving_detections
 from ..evaluation.series_optimization import Detection
-from ..experiments.report_text import format_mean_std, time_use_markdown, training_curve_markdown
+from ..experiments.report_text import (
+    format_mean_std,
+    time_course_oracle_markdown,
+    time_use_markdown,
+    training_curve_markdown,
+)
 from ..io.atomic import atomic_save_image, atomic_write_text
 from ..io.json_io import read_json
 
@@ -121,6 +126,8 @@ def write_report(out: Path, cohort_json: Path, cv_dir: Path, models: list[tuple[
     diagnostics = []
     if results.get("time_use"):
         diagnostics += ["## Time use: normal and time-blind AUCs", "", *time_use_markdown(results["time_use"], names), ""]
+    if results.get("time_course_oracle"):
+        diagnostics += ["## Time-course oracle", "", *time_course_oracle_markdown(results["time_course_oracle"]), ""]
     if results.get("training_curve"):
         diagnostics += ["## Held-out AUC over training", "", *training_curve_markdown(
             results["training_curve"], data="../cv/report/training_curve.json"), ""]

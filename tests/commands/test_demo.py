@@ -51,6 +51,10 @@ def test_demo_runs_end_to_end_and_writes_the_report(tmp_path, capsys, monkeypatc
         centre = format_mean_std(row["modes"]["centre"]["AUC"])
         line = next(line for line in section.splitlines() if line.startswith(f"| {title}"))
         assert normal in line and centre in line
+    # What the synthetic cohort's true time courses allow, on the same held-out series.
+    oracle = results["time_course_oracle"]
+    assert set(oracle["per_split"]) == {"fold0", "fold1"} and oracle["pooled"]["series"] == len(cohort["videos"])
+    assert "## Time-course oracle" in report and f"| pooled | {oracle['pooled']['AUC']:.3f} |" in report
     # The held-out AUC over training: --curve-points 4 at 3 iterations evaluates after each one.
     curve = json.loads((out / "cv" / "report" / "training_curve.json").read_text())
     assert set(curve) == set(shorts)
