@@ -304,11 +304,24 @@ class Run:
     shared_changed: list = field(default_factory=list)
 
 
-def _run(run: Run, workspace: Workspace, home: Path) -> Run:
-    env = dict(os.environ, DETECTRON2_DATASETS=str(workspace.datasets / run.own.name), HOME=str(home),
+def _environment(home: Path, datasets: Path) -> dict[str, str]:
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets), HOME=str(home),
                MPLCONFIGDIR=str(home / "matplotlib"), PERFORATION_D2_SALT="hostile-salt", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1", PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
     env.pop("PERFORATION_D2_SALT_FILE", None)
+    return env
+
+
+def _warm_font_cache(home: Path) -> None:
+    # A fresh MPLCONFIGDIR makes matplotlib's first import print "building the font cache" to
+    # stderr; with the cases running side by side, whichever start while it is built would print
+    # it before their error paragraph. Built once here, as an installed tool has it.
+    subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], check=True, capture_output=True,
+                   env=_environment(home, home), timeout=TIMEOUT_S)
+
+
+def _run(run: Run, workspace: Workspace, home: Path) -> Run:
+    env = _environment(home, workspace.datasets / run.own.name)
     try:
         run.result = subprocess.run([sys.executable, "-m", "perforation_d2", *run.argv], capture_output=True,
                                     text=True, env=env, cwd=run.own, timeout=TIMEOUT_S,
@@ -334,6 +347,7 @@ def runs(workspace, tmp_path_factory, request) -> dict[str, Run]:
             case.env(workspace, own)
         argv = case.argv(workspace, own)
         prepared[case.name] = Run(case, argv, own, _snapshot(own))
+    _warm_font_cache(home)
     shared_before = _snapshot(workspace.root, skip=workspace.root / "cases")
     with ThreadPoolExecutor(WORKERS) as pool:
         done = list(pool.map(lambda run: _run(run, workspace, home), prepared.values()))

@@ -41,7 +41,10 @@ def course_violation(densities: Sequence[float]) -> float:
     The largest fall of log-density between consecutive shown frames, or the largest increase of
     its frame-to-frame step, whichever is larger. Fewer than two frames cannot break the rule.
     """
-    values = np.log(np.maximum(np.asarray(densities, dtype=float), 1e-6))
+    raw = np.asarray(densities, dtype=float)
+    if not np.isfinite(raw).all():
+        raise ValueError(f"a density course holds a non-finite value: {densities!r}")
+    values = np.log(np.maximum(raw, 1e-6))
     if values.size < 2:
         return 0.0
     steps = np.diff(values)

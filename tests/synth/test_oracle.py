@@ -40,6 +40,8 @@ def test_a_fall_or_an_acceleration_breaks_the_rule_by_its_size():
     # Steps of log-density 0.095 then 1.0: growth that speeds up (a jump to a larger course).
     assert course_violation([0.1, 0.11, 0.3]) == pytest.approx(math.log(0.3 / 0.11) - math.log(0.11 / 0.1))
     assert course_violation([0.4]) == 0.0 and course_violation([0.2, 0.2, 0.2]) == 0.0
+    with pytest.raises(ValueError, match="non-finite"):
+        course_violation([0.2, float("nan")])
 
 
 def _truth(*videos):
@@ -104,6 +106,9 @@ def test_a_real_cohort_has_no_oracle_and_a_foreign_truth_file_is_one_paragraph(t
         time_course_oracle(cohort_json, {"fold0": [1, 2]})
     message = str(error.value)
     assert str(tmp_path / TRUTH_FILE) in message and "[2]" in message and "\n" not in message
+    (tmp_path / TRUTH_FILE).write_text(json.dumps(_truth((1, [_event([0.2, None])]), (0, [_event([0.3])]))))
+    with pytest.raises(DSAInputError, match="non-finite"):
+        time_course_oracle(cohort_json, {"fold0": [1, 2]})
 
 
 def test_synth_prints_the_oracle(tmp_path, capsys):
