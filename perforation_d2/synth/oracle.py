@@ -73,5 +73,5 @@ def oracle_series_scores(truth: Mapping[str, Any], video_ids: Iterable[int] | No
         scores[video["video_id"]] = max(blobs, default=NO_BLOB_SCORE)
     if wanted is not None and wanted - scores.keys():
         missing = sorted(wanted - scores.keys())
-        raise KeyError(f"series {missing[:5]} are not in the truth file")
+        raise ValueError(f"series {missing[:5]} are not in the truth file")
     return scores

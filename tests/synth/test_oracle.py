@@ -62,7 +62,7 @@ def test_a_series_scores_its_best_blob():
     scores = oracle_series_scores(truth)
     assert scores == {1: 4.0, 2: pytest.approx(-math.log(2)), 3: NO_BLOB_SCORE, 4: 1.0}
     assert oracle_series_scores(truth, [2, 4]) == {2: scores[2], 4: 1.0}
-    with pytest.raises(KeyError, match=r"\[7\]"):
+    with pytest.raises(ValueError, match=r"series \[7\] are not in the truth file"):
         oracle_series_scores(truth, [1, 7])
     statistics = oracle_statistics(truth)
     assert statistics["AUC"] == pytest.approx(1.0) and statistics["series"] == 4 and statistics["positives"] == 1
